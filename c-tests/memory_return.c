@@ -1,0 +1,109 @@
+/* memory_return.c: memory goes back to the OS after everything is freed.
+ * Phase 1: the main thread allocates ~200 MiB in small blocks and frees them all.
+ * Phase 2: 4 threads allocate ~50 MiB each in small blocks, hand them to the main thread
+ *          and exit; the main thread frees them.
+ * Phase 3: 64 large blocks of 1..6 MiB, freed.
+ * After each phase (and a 1 s pause) resident memory (/proc/self/statm) must be back
+ * within 20% of the start + 16 MiB. */
+#include "common.h"
+
+#include <pthread.h>
+
+#define MiB (1L << 20)
+
+static long rss0;
+
+static void check_returned(const char *phase, long peak)
+{
+    sleep(1);
+    long rss = rs_rss_bytes();
+    long limit = rss0 + rss0 / 5 + 16 * MiB;
+    printf("memory_return: %-28s start %.1f MiB, peak %.1f MiB, after free %.1f MiB (limit %.1f MiB)\n",
+           phase, rss0 / (double)MiB, peak / (double)MiB, rss / (double)MiB, limit / (double)MiB);
+    CHECK(rss <= limit, "%s: resident memory %.1f MiB after freeing everything (start %.1f MiB, peak %.1f MiB, limit %.1f MiB): memory not returned to the OS",
+          phase, rss / (double)MiB, rss0 / (double)MiB, peak / (double)MiB, limit / (double)MiB);
+}
+
+struct set {
+    void **p;
+    size_t n;
+    size_t bytes;
+};
+
+/* Allocates small blocks (16..512 B) until `target` bytes. */
+static void alloc_set(struct set *s, size_t target, uint64_t seed)
+{
+    size_t cap = target / 16 + 16;
+    s->p = malloc(cap * sizeof(void *));
+    s->n = 0;
+    s->bytes = 0;
+    uint64_t rng = rs_mix(seed) | 1;
+    while (s->bytes < target && s->n < cap) {
+        size_t n = 16 + rs_rand(&rng) % 497;
+        void *p = malloc(n);
+        if (!p) {
+            FAILF("malloc(%zu) failed after %zu bytes", n, s->bytes);
+            break;
+        }
+        memset(p, (int)(s->n & 0xff) | 1, n);
+        s->p[s->n++] = p;
+        s->bytes += n;
+    }
+}
+
+static void free_set(struct set *s, uint64_t seed)
+{
+    /* free in a scrambled order */
+    uint64_t rng = rs_mix(seed) | 1;
+    for (size_t i = s->n; i > 1; i--) {
+        size_t j = rs_rand(&rng) % i;
+        void *t = s->p[i - 1];
+        s->p[i - 1] = s->p[j];
+        s->p[j] = t;
+    }
+    for (size_t i = 0; i < s->n; i++) free(s->p[i]);
+    free(s->p);
+    s->p = NULL;
+}
+
+static void *thread_alloc(void *arg)
+{
+    struct set *s = arg;
+    alloc_set(s, 50 * MiB, (uintptr_t)arg);
+    return NULL;
+}
+
+int main(void)
+{
+    rs_check_loaded("memory_return");
+    /* warm up the allocator a little so that its fixed overhead is in the baseline */
+    for (int i = 0; i < 1000; i++) free(malloc(i * 8));
+    rss0 = rs_rss_bytes();
+
+    struct set s;
+    alloc_set(&s, 200 * MiB, 1);
+    long peak = rs_rss_bytes();
+    free_set(&s, 2);
+    check_returned("main thread, 200 MiB small", peak);
+
+    struct set ts[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, thread_alloc, &ts[i]);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    peak = rs_rss_bytes();
+    for (int i = 0; i < 4; i++) free_set(&ts[i], 10 + i);
+    check_returned("exited threads, 4x50 MiB", peak);
+
+    void *big[64];
+    uint64_t rng = 5;
+    for (int i = 0; i < 64; i++) {
+        size_t n = MiB + rs_rand(&rng) % (5 * MiB);
+        big[i] = malloc(n);
+        if (big[i]) memset(big[i], 3, n);
+        else FAILF("malloc(%zu) failed", n);
+    }
+    peak = rs_rss_bytes();
+    for (int i = 0; i < 64; i++) free(big[i]);
+    check_returned("large blocks, 64x1..6 MiB", peak);
+    return rs_summary("memory_return");
+}

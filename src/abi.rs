@@ -1,0 +1,195 @@
+//! The exported C functions: argument checks, overflow, errno — glibc's semantics — and no
+//! allocator logic. In this crate's own unit tests the symbols are not exported, so the test
+//! harness keeps the system allocator while it exercises the internals.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use crate::heap;
+use crate::os::{set_errno, OS_PAGE};
+use crate::report::fatal;
+use crate::stats;
+
+const PTRDIFF_MAX: usize = isize::MAX as usize;
+
+#[inline(always)]
+fn enomem() -> *mut c_void {
+    set_errno(libc::ENOMEM);
+    core::ptr::null_mut()
+}
+
+#[inline(always)]
+fn checked(p: *mut u8) -> *mut c_void {
+    if p.is_null() {
+        enomem()
+    } else {
+        p as *mut c_void
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    if size > PTRDIFF_MAX {
+        return enomem();
+    }
+    checked(heap::malloc(size))
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn free(p: *mut c_void) {
+    if !p.is_null() {
+        heap::free(p as *mut u8);
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) if total <= PTRDIFF_MAX => checked(heap::calloc(total)),
+        _ => enomem(),
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // glibc: realloc(p, 0) frees p and returns NULL.
+        heap::free_checked(p as *mut u8, "realloc");
+        return core::ptr::null_mut();
+    }
+    if size > PTRDIFF_MAX {
+        return enomem();
+    }
+    checked(heap::realloc(p as *mut u8, size))
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) => realloc(p, total),
+        None => enomem(),
+    }
+}
+
+fn memalign_impl(align: usize, size: usize) -> *mut c_void {
+    if size > PTRDIFF_MAX {
+        return enomem();
+    }
+    checked(heap::malloc_aligned(align, size))
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    // glibc: an alignment that cannot be a power of two is EINVAL; others round up.
+    if align > usize::MAX / 2 + 1 {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    memalign_impl(align.max(1).next_power_of_two(), size)
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    // glibc >= 2.38 (and C17 DR 460): the alignment must be a power of two.
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    memalign_impl(align, size)
+}
+
+/// # Safety
+/// `memptr` must be valid for a pointer-sized write.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let p = memalign_impl(align, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller passes a valid out-parameter (the function's contract).
+    unsafe { *memptr = p };
+    0
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    memalign_impl(OS_PAGE, size)
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match size.max(1).checked_add(OS_PAGE - 1) {
+        Some(s) => memalign_impl(OS_PAGE, s & !(OS_PAGE - 1)),
+        None => enomem(),
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    heap::usable_size(p as *mut u8, "malloc_usable_size")
+}
+
+/// C23: free with the size the block was requested with.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn free_sized(p: *mut c_void, size: usize) {
+    if p.is_null() {
+        return;
+    }
+    if size > heap::usable_size(p as *mut u8, "free_sized") {
+        fatal("free_sized", "size larger than the block", p as usize);
+    }
+    heap::free(p as *mut u8);
+}
+
+/// C23: free with the alignment and size the block was requested with.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) {
+    if p.is_null() {
+        return;
+    }
+    if size > heap::usable_size(p as *mut u8, "free_aligned_sized") || (align != 0 && (p as usize) % align != 0)
+    {
+        fatal("free_aligned_sized", "size or alignment does not match the block", p as usize);
+    }
+    heap::free(p as *mut u8);
+}
+
+static VERSION: &[u8] = concat!("rsmalloc ", env!("CARGO_PKG_VERSION"), "\0").as_bytes();
+
+/// The library's name and version, e.g. "rsmalloc 0.1.0" (tests look it up with dlsym to
+/// prove rsmalloc is the allocator in use).
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn rsmalloc_version() -> *const c_char {
+    VERSION.as_ptr() as *const c_char
+}
+
+/// Fills `out` with the process-wide counters (no allocation). Returns 0, or -1 if `out` is
+/// null.
+///
+/// # Safety
+/// `out` must be null or valid for a write of `struct rsmalloc_stats`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn rsmalloc_stats(out: *mut stats::Snapshot) -> c_int {
+    if out.is_null() {
+        return -1;
+    }
+    // SAFETY: non-null and valid per the contract.
+    unsafe { out.write(stats::snapshot()) };
+    0
+}
+
+/// Walks every arena and the calling thread's cache, checking that bitmaps, counts and lists
+/// agree; stops the process with a message on the first inconsistency. Returns 0.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn rsmalloc_check() -> c_int {
+    heap::check();
+    0
+}

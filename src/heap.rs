@@ -1,0 +1,337 @@
+//! The allocator's front: routes a request by size to the thread cache (small), an arena's
+//! page runs (large) or a mapping of its own (huge), and a pointer back to its owner. The C
+//! ABI and the Rust `GlobalAlloc` both sit on these functions; argument checking and errno
+//! are theirs, not ours.
+//!
+//! Fast paths (small sizes, cache hit): `malloc` is TLS load, class look-up, pop, clear the
+//! block's free mark; `free` is page-map look-up, page info, block-start check, free-mark
+//! check, push. Everything else is `#[inline(never)]`.
+
+use crate::arena;
+use crate::config::{LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
+use crate::huge;
+use crate::init;
+use crate::pagemap::{self, KIND_CHUNK, KIND_HUGE, KIND_MASK};
+use crate::report::fatal;
+use crate::size_class::{self, class_of, CLASSES, NCLASSES};
+use crate::span::{Chunk, KIND_LARGE};
+use crate::tcache::{self, TCache};
+
+/// Largest alignment a large (page-run) object can have; above it objects go huge.
+const LARGE_ALIGN_MAX: usize = 1 << 20;
+
+/// What a pointer is, after full validation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Located {
+    /// The start of a small block of this class.
+    Small(usize),
+    /// The start of a large object: its chunk and first page.
+    Large(usize, usize),
+    /// A huge object whose mapping (and header) starts here.
+    Huge(usize),
+    Invalid,
+}
+
+fn chunk_ref<'a>(c: usize) -> &'a Chunk {
+    // SAFETY: callers pass a chunk base taken from a page-map entry of kind chunk, which is
+    // only set while the chunk is mapped.
+    unsafe { &*(c as *const Chunk) }
+}
+
+pub fn locate(p: usize) -> Located {
+    let e = pagemap::lookup(p);
+    match e & KIND_MASK {
+        KIND_CHUNK => {
+            let c = e & !KIND_MASK;
+            let ch = chunk_ref(c);
+            let idx = ch.page_index(p);
+            let pi = ch.info[idx];
+            let head = pi.head as usize;
+            let class = pi.kind.wrapping_sub(1) as usize;
+            if class < NCLASSES {
+                let k = size_class::info(class);
+                let off = p - ch.page_addr(head);
+                let i = size_class::block_index(k, off);
+                if i * k.size as usize == off && i < k.blocks as usize {
+                    return Located::Small(class);
+                }
+            } else if pi.kind == KIND_LARGE && head == idx && p == ch.page_addr(idx) {
+                return Located::Large(c, idx);
+            }
+            Located::Invalid
+        }
+        KIND_HUGE => Located::Huge(e & !KIND_MASK),
+        _ => Located::Invalid,
+    }
+}
+
+/// Whether `p`, a small block carrying the free mark, really is free: in this thread's cache
+/// or free in its span. (The mark alone could be user data.)
+fn is_freed_small(p: *mut u8, c: usize) -> bool {
+    if tcache::contains(tcache::current(), c, p) {
+        return true;
+    }
+    // SAFETY: `p` is a validated small block, so its chunk header is mapped.
+    let a = unsafe { (*Chunk::of(p as usize)).arena } as usize;
+    arena::lock(a).small_is_free(p as usize)
+}
+
+fn has_free_mark(p: *mut u8) -> bool {
+    // SAFETY: `p` is a validated block of at least 16 bytes.
+    unsafe { *(p as *const u64).add(1) == init::secret() }
+}
+
+#[inline(always)]
+pub fn malloc(size: usize) -> *mut u8 {
+    if size <= SMALL_MAX {
+        let c = class_of(size);
+        let tc = tcache::current();
+        if !tc.is_null() {
+            let p = tcache::pop(tc, c);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        return alloc_class_slow(c);
+    }
+    alloc_big(size, 16, false)
+}
+
+/// A block of class `c` (cache first).
+#[inline(always)]
+fn alloc_class(c: usize) -> *mut u8 {
+    let tc = tcache::current();
+    if !tc.is_null() {
+        let p = tcache::pop(tc, c);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    alloc_class_slow(c)
+}
+
+#[inline(never)]
+fn alloc_class_slow(c: usize) -> *mut u8 {
+    for attempt in 0..2 {
+        let tc = tcache::get_or_create();
+        let p = if tcache::is_live(tc) {
+            tcache::refill_and_pop(tc, c)
+        } else {
+            take_one(c)
+        };
+        if !p.is_null() {
+            #[cfg(feature = "check-invariants")]
+            check();
+            return p;
+        }
+        if attempt == 0 {
+            reclaim(tc);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// One block straight from arena 0, for threads without a cache.
+fn take_one(c: usize) -> *mut u8 {
+    let mut one = [core::ptr::null_mut()];
+    if arena::lock(0).take_small(0, c, &mut one) == 1 {
+        // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
+        unsafe { *(one[0] as *mut u64).add(1) = 0 };
+        one[0]
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+/// Out of memory: give back everything this thread caches and every dirty page, so that a
+/// retry can find address space.
+#[cold]
+fn reclaim(tc: *mut TCache) {
+    tcache::flush_all(tc);
+    arena::purge_all(None);
+}
+
+/// Large or huge allocation, or small with an alignment classes cannot give.
+#[inline(never)]
+fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
+    for attempt in 0..2 {
+        let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
+            let npages = size.div_ceil(PAGE_SIZE);
+            let a = tcache::arena_of(tcache::current());
+            let got = arena::lock(a).alloc_large(a, npages, (align / PAGE_SIZE).max(1));
+            match got {
+                Some((p, was_zero)) => {
+                    if zero && !was_zero {
+                        // SAFETY: p is a fresh large object of npages pages >= size bytes.
+                        unsafe { core::ptr::write_bytes(p, 0, size) };
+                    }
+                    p
+                }
+                None => core::ptr::null_mut(),
+            }
+        } else {
+            huge::alloc(size, align)
+        };
+        if !p.is_null() {
+            return p;
+        }
+        if attempt == 0 {
+            reclaim(tcache::current());
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// `size` bytes aligned to `align` (a power of two).
+pub fn malloc_aligned(align: usize, size: usize) -> *mut u8 {
+    if align <= 16 {
+        return malloc(size);
+    }
+    if align <= PAGE_SIZE {
+        let s = size.max(1).div_ceil(align) * align;
+        if s <= SMALL_MAX {
+            // Blocks sit at multiples of the class size from a page-aligned span start:
+            // a class whose size is a multiple of `align` gives aligned blocks. Every power
+            // of two from 16 B to SMALL_MAX is a class.
+            let mut c = class_of(s);
+            if CLASSES[c].size as usize % align != 0 {
+                c = class_of(s.next_power_of_two());
+            }
+            return alloc_class(c);
+        }
+    }
+    alloc_big(size.max(1), align, false)
+}
+
+pub fn calloc(size: usize) -> *mut u8 {
+    if size <= SMALL_MAX {
+        let p = malloc(size);
+        if !p.is_null() {
+            // SAFETY: p is a block of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    alloc_big(size, 16, true)
+}
+
+#[inline(always)]
+pub fn free(p: *mut u8) {
+    let a = p as usize;
+    let e = pagemap::lookup(a);
+    if e & KIND_MASK == KIND_CHUNK {
+        let ch = e - KIND_CHUNK;
+        let pi = chunk_ref(ch).info[(a - ch) >> PAGE_SHIFT];
+        let c = pi.kind.wrapping_sub(1) as usize;
+        if c < NCLASSES {
+            let k = size_class::info(c);
+            let off = a - ch - ((pi.head as usize) << PAGE_SHIFT);
+            let i = size_class::block_index(k, off);
+            if i * k.size as usize == off && i < k.blocks as usize {
+                let secret = init::secret();
+                if !has_free_mark(p) {
+                    let tc = tcache::current();
+                    if !tc.is_null() && tcache::push(tc, c, p, secret) {
+                        return;
+                    }
+                    return tcache::free_slow(p, c, secret);
+                }
+            }
+        }
+    }
+    free_checked(p, "free")
+}
+
+/// Free with every check, for whatever the fast path did not settle.
+#[inline(never)]
+pub fn free_checked(p: *mut u8, func: &str) {
+    if p.is_null() {
+        return;
+    }
+    let a = p as usize;
+    match locate(a) {
+        Located::Small(c) => {
+            if has_free_mark(p) && is_freed_small(p, c) {
+                fatal(func, "double free", a);
+            }
+            tcache::free_slow(p, c, init::secret());
+        }
+        Located::Large(c, idx) => {
+            let arena = chunk_ref(c).arena as usize;
+            arena::lock(arena).free_large(c as *mut Chunk, idx);
+        }
+        Located::Huge(base) => huge::free(base, a, func),
+        Located::Invalid => fatal(func, "invalid pointer", a),
+    }
+    #[cfg(feature = "check-invariants")]
+    check();
+}
+
+/// Usable size of a live block; stops the process on a pointer that is not one.
+pub fn usable_size(p: *mut u8, func: &str) -> usize {
+    let a = p as usize;
+    match locate(a) {
+        Located::Small(c) => {
+            if has_free_mark(p) && is_freed_small(p, c) {
+                fatal(func, "freed pointer", a);
+            }
+            CLASSES[c].size as usize
+        }
+        Located::Large(c, idx) => (chunk_ref(c).spans[idx].npages as usize) << PAGE_SHIFT,
+        Located::Huge(base) => huge::usable(base, a, func),
+        Located::Invalid => fatal(func, "invalid pointer", a),
+    }
+}
+
+/// Resizes `p` (non-null) to `size` (non-zero). Null when memory is exhausted; `p` is then
+/// untouched.
+pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    let a = p as usize;
+    let old = match locate(a) {
+        Located::Small(c) => {
+            if has_free_mark(p) && is_freed_small(p, c) {
+                fatal("realloc", "freed pointer", a);
+            }
+            let usable = CLASSES[c].size as usize;
+            if size <= usable {
+                return p;
+            }
+            usable
+        }
+        Located::Large(c, idx) => {
+            let usable = (chunk_ref(c).spans[idx].npages as usize) << PAGE_SHIFT;
+            if size <= LARGE_MAX {
+                let arena = chunk_ref(c).arena as usize;
+                let npages = size.div_ceil(PAGE_SIZE);
+                if arena::lock(arena).resize_large(c as *mut Chunk, idx, npages).is_some() {
+                    return p;
+                }
+            }
+            usable
+        }
+        // Huge objects resize in place (shrinking) or by moving their pages (growing).
+        Located::Huge(base) => return huge::realloc(base, a, size),
+        Located::Invalid => fatal("realloc", "invalid pointer", a),
+    };
+    let q = malloc(size);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live, distinct, and at least min(old, size) bytes long.
+    unsafe { core::ptr::copy_nonoverlapping(p, q, old.min(size)) };
+    free_checked(p, "realloc");
+    q
+}
+
+/// Runs the invariant walk over every arena and this thread's cache.
+pub fn check() {
+    arena::check_all();
+    tcache::check_current();
+}
+
+/// Gives back every dirty page and this thread's cached blocks now; the number of pages
+/// purged.
+pub fn trim() -> usize {
+    tcache::flush_all(tcache::current());
+    arena::purge_all(None)
+}

@@ -1,0 +1,23 @@
+//! rsmalloc: a per-thread-cache bucket allocator that replaces malloc in C and C++ programs.
+//!
+//! Data flows one way: C ABI (`abi`) → front (`heap`) → thread cache (`tcache`) → arenas
+//! (`arena`) → chunks and spans (`span`) → OS (`os`). Huge objects go from the front to
+//! `huge`; `pagemap` maps addresses to their owners; `init` runs the process and thread life
+//! cycle. See `config` for the layout's vocabulary.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod abi;
+mod arena;
+pub mod config;
+mod heap;
+mod huge;
+mod init;
+mod lock;
+mod os;
+mod pagemap;
+mod report;
+pub mod size_class;
+mod span;
+pub mod stats;
+mod tcache;
+mod tls;

@@ -1,0 +1,192 @@
+//! The OS layer: the only module that talks to the kernel (mmap, munmap, madvise, mremap,
+//! futex, clock, write, abort). Everything above it speaks of reserving, releasing and purging
+//! memory, never of syscalls. Nothing here allocates.
+
+use core::ptr::null_mut;
+
+/// The kernel's page size; every length handed to this module is a multiple of it.
+pub const OS_PAGE: usize = 4096;
+
+/// Whether transparent huge pages may back our chunks (off unless the user opts in).
+static THP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn set_thp(on: bool) {
+    THP.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Maps `len` bytes of fresh, zeroed, read-write memory. Null when the kernel refuses.
+pub fn map(len: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        null_mut()
+    } else {
+        advise_thp(p as *mut u8, len);
+        p as *mut u8
+    }
+}
+
+/// Maps `len` bytes whose start is a multiple of `align` (a power of two >= OS_PAGE).
+/// Over-maps by `align` and gives the excess head and tail back at once.
+pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    let Some(over) = len.checked_add(align) else { return null_mut() };
+    let raw = map(over);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = over - head - len;
+    if head > 0 {
+        unmap(raw, head);
+    }
+    if tail > 0 {
+        unmap((aligned + len) as *mut u8, tail);
+    }
+    aligned as *mut u8
+}
+
+/// Gives a mapping (or part of one) back to the kernel: address space and pages.
+pub fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: callers pass a range this allocator mapped and no longer hands out.
+    unsafe { libc::munmap(p as *mut libc::c_void, len) };
+}
+
+/// Drops the physical pages of a range but keeps its address space; the next touch
+/// reads zeros.
+pub fn purge(p: *mut u8, len: usize) {
+    // SAFETY: callers pass a free range of a mapping this allocator owns.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
+fn advise_thp(p: *mut u8, len: usize) {
+    let advice = if THP.load(core::sync::atomic::Ordering::Relaxed) {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
+    // SAFETY: the range was just mapped by us; the advice changes no contents.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, advice) };
+}
+
+/// Grows or shrinks a mapping without moving it. False when the pages after it are taken.
+pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
+    // SAFETY: `p..p+old_len` is one mapping of ours; without MREMAP_MAYMOVE nothing else moves.
+    let r = unsafe { libc::mremap(p as *mut libc::c_void, old_len, new_len, 0) };
+    r != libc::MAP_FAILED
+}
+
+/// Moves a mapping to `target` (whose range we own) without copying its pages; the old range
+/// is unmapped and whatever was at `target..target+new_len` is replaced.
+pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> bool {
+    // SAFETY: both ranges are ours: the source is a live mapping, the target a fresh reservation.
+    let r = unsafe {
+        libc::mremap(
+            p as *mut libc::c_void,
+            old_len,
+            new_len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target as *mut libc::c_void,
+        )
+    };
+    r != libc::MAP_FAILED
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Monotonic time in nanoseconds (coarse clock: a vDSO read, no syscall).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-parameter on our stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPUs this process may run on (sched_getaffinity: no allocation, unlike some sysconf paths).
+pub fn cpu_count() -> usize {
+    // SAFETY: cpu_set_t is plain data; zeroed is its empty value.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a valid, correctly sized out-parameter.
+    let r = unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return 1;
+    }
+    // SAFETY: `set` was filled by the kernel above.
+    let n = unsafe { libc::CPU_COUNT(&set) };
+    (n.max(1)) as usize
+}
+
+/// 64 random bits from the kernel's AT_RANDOM bytes, mixed with the clock and an address.
+pub fn random_u64() -> u64 {
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let at = unsafe { libc::getauxval(libc::AT_RANDOM) } as *const u64;
+    let mut r = now_ns() ^ (&ASLR_MARKER as *const u8 as u64).rotate_left(17);
+    if !at.is_null() {
+        // SAFETY: AT_RANDOM points at 16 bytes the kernel placed on the initial stack.
+        r ^= unsafe { core::ptr::read_unaligned(at) };
+    }
+    // splitmix64 finaliser so that weak inputs still give well-spread bits.
+    r = (r ^ (r >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    r = (r ^ (r >> 27)).wrapping_mul(0x94d049bb133111eb);
+    r ^ (r >> 31)
+}
+/// Its address differs per run (ASLR): a little entropy even without AT_RANDOM.
+static ASLR_MARKER: u8 = 0;
+
+/// Writes bytes to fd 2, retrying short writes; errors are ignored (nothing better to do).
+pub fn write_stderr(mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid byte slice for the duration of the call.
+        let n = unsafe { libc::write(2, b.as_ptr() as *const libc::c_void, b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+pub fn abort() -> ! {
+    // SAFETY: abort never returns and needs no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// Blocks while `*word == expected` (futex wait, private to this process).
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned u32; the kernel only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes one waiter blocked on `word`.
+pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; waking has no memory effects.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1)
+    };
+}
+
+/// Yields the CPU (used while spinning on a lock whose holder may be preempted).
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}

@@ -1,0 +1,416 @@
+//! Chunks, pages and spans: the memory layout under the arenas.
+//!
+//! A chunk is a 4 MiB-aligned mapping of 256 pages of 16 KiB. Its first HEADER_PAGES pages
+//! hold this header, so all metadata lives out of line, where no user overflow can reach it
+//! through a block: per page, a two-byte `PageInfo` (what the page holds and where its span
+//! starts), bitmaps of free and dirty pages, and one `Span` descriptor per page (only the
+//! first page of a span uses its descriptor).
+//!
+//! A small span's descriptor holds a bitmap of its free blocks (bit set = free in the span;
+//! a block sitting in a thread cache counts as allocated here). Finding a pointer's span is
+//! address arithmetic: mask to the chunk, shift to the page, read the page's head index.
+//!
+//! Every function here expects the caller to hold the lock of the arena owning the chunk.
+
+use core::ptr::null_mut;
+
+use crate::config::{CHUNK_SIZE, PAGES_PER_CHUNK, PAGE_SHIFT, PAGE_SIZE};
+use crate::size_class::{self, ClassInfo, MAX_BLOCKS, NCLASSES};
+
+/// `PageInfo::kind` of a page that is free or part of the header.
+pub const KIND_NONE: u8 = 0;
+/// `PageInfo::kind` of a page of a large object (a page run).
+pub const KIND_LARGE: u8 = 0xFE;
+/// Small classes are stored as `class + 1` so that zeroed memory reads as KIND_NONE.
+#[inline(always)]
+pub fn kind_of_class(c: usize) -> u8 {
+    (c + 1) as u8
+}
+
+const MAP_WORDS: usize = PAGES_PER_CHUNK / 64;
+const BITMAP_WORDS: usize = MAX_BLOCKS / 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PageInfo {
+    /// KIND_NONE, KIND_LARGE, or a small class + 1.
+    pub kind: u8,
+    /// Index of the first page of the span this page belongs to.
+    pub head: u8,
+}
+
+#[repr(C)]
+pub struct Span {
+    /// Links in the arena's list of partial spans of this class.
+    pub next: *mut Span,
+    pub prev: *mut Span,
+    pub kind: u8,
+    /// Whether the span is on its arena's partial list.
+    pub listed: bool,
+    pub npages: u16,
+    /// Free blocks in the bitmap.
+    pub nfree: u16,
+    pub nblocks: u16,
+    /// Bit i set = block i is free in the span.
+    pub bitmap: [u64; BITMAP_WORDS],
+}
+
+#[repr(C)]
+pub struct Chunk {
+    /// Read on every free: kept first so that it shares lines with nothing else.
+    pub info: [PageInfo; PAGES_PER_CHUNK],
+    pub arena: u32,
+    /// Free pages outside the header.
+    pub free_count: u32,
+    /// Links in the arena's chunk list.
+    pub next: *mut Chunk,
+    pub prev: *mut Chunk,
+    /// Bit set = page free.
+    free: [u64; MAP_WORDS],
+    /// Free pages that may be resident: freed in this purge epoch / in the previous one.
+    dirty_new: [u64; MAP_WORDS],
+    dirty_old: [u64; MAP_WORDS],
+    pub spans: [Span; PAGES_PER_CHUNK],
+}
+
+pub const HEADER_PAGES: usize = (core::mem::size_of::<Chunk>() + PAGE_SIZE - 1) / PAGE_SIZE;
+pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
+const _: () = assert!(HEADER_PAGES <= 4);
+const _: () = assert!(PAGES_PER_CHUNK <= 256, "PageInfo::head is a byte");
+
+#[inline(always)]
+fn bit(map: &[u64; MAP_WORDS], i: usize) -> bool {
+    map[i / 64] >> (i % 64) & 1 != 0
+}
+
+fn set_bits(map: &mut [u64; MAP_WORDS], start: usize, n: usize, on: bool) {
+    for i in start..start + n {
+        if on {
+            map[i / 64] |= 1 << (i % 64);
+        } else {
+            map[i / 64] &= !(1 << (i % 64));
+        }
+    }
+}
+
+/// First index >= `from` whose bit is `want`.
+fn next_with(map: &[u64; MAP_WORDS], from: usize, want: bool) -> Option<usize> {
+    let mut w = from / 64;
+    if w >= MAP_WORDS {
+        return None;
+    }
+    let flip = if want { 0 } else { u64::MAX };
+    let mut word = (map[w] ^ flip) & (u64::MAX << (from % 64));
+    loop {
+        if word != 0 {
+            return Some(w * 64 + word.trailing_zeros() as usize);
+        }
+        w += 1;
+        if w == MAP_WORDS {
+            return None;
+        }
+        word = map[w] ^ flip;
+    }
+}
+
+impl Chunk {
+    /// Lays a header over a fresh (zeroed) chunk mapping.
+    ///
+    /// # Safety
+    /// `base` must be a zero-filled, CHUNK_SIZE-aligned mapping of CHUNK_SIZE bytes that
+    /// nothing else uses.
+    pub unsafe fn init(base: *mut u8, arena: u32) -> *mut Chunk {
+        let c = base as *mut Chunk;
+        // SAFETY: per the contract the memory is ours and zeroed, which is a valid Chunk
+        // (all pages KIND_NONE, null links, empty bitmaps); we fill in the rest.
+        let ch = unsafe { &mut *c };
+        ch.arena = arena;
+        ch.free_count = USABLE_PAGES as u32;
+        set_bits(&mut ch.free, HEADER_PAGES, USABLE_PAGES, true);
+        c
+    }
+
+    /// The chunk containing `p` (which must lie in a chunk of ours).
+    #[inline(always)]
+    pub fn of(p: usize) -> *mut Chunk {
+        (p & !(CHUNK_SIZE - 1)) as *mut Chunk
+    }
+
+    #[inline(always)]
+    pub fn base(&self) -> usize {
+        self as *const Chunk as usize
+    }
+
+    #[inline(always)]
+    pub fn page_addr(&self, idx: usize) -> usize {
+        self.base() + (idx << PAGE_SHIFT)
+    }
+
+    #[inline(always)]
+    pub fn page_index(&self, p: usize) -> usize {
+        (p - self.base()) >> PAGE_SHIFT
+    }
+
+    pub fn span_at(&mut self, idx: usize) -> *mut Span {
+        &mut self.spans[idx] as *mut Span
+    }
+
+    /// Index of a span descriptor in its chunk.
+    pub fn index_of_span(&self, s: *const Span) -> usize {
+        (s as usize - self.spans.as_ptr() as usize) / core::mem::size_of::<Span>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.free_count as usize == USABLE_PAGES
+    }
+
+    /// Takes `n` free pages starting at a multiple of `align` pages (first fit).
+    /// Returns the first page and whether every page of the run is known to be zero.
+    pub fn alloc_pages(&mut self, n: usize, align: usize) -> Option<(usize, bool)> {
+        if (self.free_count as usize) < n {
+            return None;
+        }
+        let mut from = HEADER_PAGES;
+        loop {
+            let s = next_with(&self.free, from, true)?;
+            let s = (s + align - 1) / align * align;
+            if s + n > PAGES_PER_CHUNK {
+                return None;
+            }
+            let e = next_with(&self.free, s, false).unwrap_or(PAGES_PER_CHUNK);
+            if e >= s + n {
+                let zero = (s..s + n).all(|i| !bit(&self.dirty_new, i) && !bit(&self.dirty_old, i));
+                set_bits(&mut self.free, s, n, false);
+                set_bits(&mut self.dirty_new, s, n, false);
+                set_bits(&mut self.dirty_old, s, n, false);
+                self.free_count -= n as u32;
+                return Some((s, zero));
+            }
+            from = if e > s { e } else { s + 1 };
+        }
+    }
+
+    /// Returns `n` pages starting at `idx` to the free map; they stay resident (dirty) until
+    /// a purge. Returns how many of them became dirty.
+    pub fn free_pages(&mut self, idx: usize, n: usize) -> usize {
+        for i in idx..idx + n {
+            self.info[i] = PageInfo { kind: KIND_NONE, head: 0 };
+        }
+        set_bits(&mut self.free, idx, n, true);
+        set_bits(&mut self.dirty_new, idx, n, true);
+        self.free_count += n as u32;
+        n
+    }
+
+    /// Whether the `n` pages after a run ending at `end` are free (for in-place growth).
+    pub fn pages_free(&self, start: usize, n: usize) -> bool {
+        start + n <= PAGES_PER_CHUNK && (start..start + n).all(|i| bit(&self.free, i))
+    }
+
+    /// Takes specific free pages (checked with `pages_free`) for in-place growth.
+    /// Returns whether they are known to be zero.
+    pub fn take_pages(&mut self, start: usize, n: usize) -> bool {
+        let zero = (start..start + n).all(|i| !bit(&self.dirty_new, i) && !bit(&self.dirty_old, i));
+        set_bits(&mut self.free, start, n, false);
+        set_bits(&mut self.dirty_new, start, n, false);
+        set_bits(&mut self.dirty_old, start, n, false);
+        self.free_count -= n as u32;
+        zero
+    }
+
+    /// Purges the pages dirty since before the current epoch (all of them if `all`), and
+    /// starts a new epoch. Returns the number of pages purged.
+    pub fn purge(&mut self, all: bool) -> usize {
+        if all {
+            for w in 0..MAP_WORDS {
+                self.dirty_old[w] |= self.dirty_new[w];
+                self.dirty_new[w] = 0;
+            }
+        }
+        let mut purged = 0;
+        let mut from = 0;
+        while let Some(s) = next_with(&self.dirty_old, from, true) {
+            let e = next_with(&self.dirty_old, s, false).unwrap_or(PAGES_PER_CHUNK);
+            crate::os::purge(self.page_addr(s) as *mut u8, (e - s) << PAGE_SHIFT);
+            purged += e - s;
+            from = e;
+        }
+        self.dirty_old = self.dirty_new;
+        self.dirty_new = [0; MAP_WORDS];
+        purged
+    }
+
+    /// Dirty pages (either epoch).
+    pub fn dirty_count(&self) -> usize {
+        (0..MAP_WORDS).map(|w| (self.dirty_new[w] | self.dirty_old[w]).count_ones() as usize).sum()
+    }
+
+    /// Makes pages `idx..idx+npages` a small span of class `c` with every block free.
+    pub fn make_small(&mut self, idx: usize, c: usize) -> *mut Span {
+        let k = size_class::info(c);
+        let kind = kind_of_class(c);
+        for i in idx..idx + k.pages as usize {
+            self.info[i] = PageInfo { kind, head: idx as u8 };
+        }
+        let s = &mut self.spans[idx];
+        s.next = null_mut();
+        s.prev = null_mut();
+        s.kind = kind;
+        s.listed = false;
+        s.npages = k.pages as u16;
+        s.nblocks = k.blocks;
+        s.nfree = k.blocks;
+        let n = k.blocks as usize;
+        for w in 0..BITMAP_WORDS {
+            s.bitmap[w] = if (w + 1) * 64 <= n {
+                u64::MAX
+            } else if w * 64 < n {
+                (1u64 << (n - w * 64)) - 1
+            } else {
+                0
+            };
+        }
+        s as *mut Span
+    }
+
+    /// Makes pages `idx..idx+n` one large object.
+    pub fn make_large(&mut self, idx: usize, n: usize) -> *mut Span {
+        for i in idx..idx + n {
+            self.info[i] = PageInfo { kind: KIND_LARGE, head: idx as u8 };
+        }
+        let s = &mut self.spans[idx];
+        s.kind = KIND_LARGE;
+        s.npages = n as u16;
+        s.listed = false;
+        s as *mut Span
+    }
+
+    /// Counts of free pages according to the bitmap (for the invariant checker).
+    pub fn count_free_bits(&self) -> usize {
+        self.free.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn page_is_free(&self, i: usize) -> bool {
+        bit(&self.free, i)
+    }
+}
+
+impl Span {
+    /// Moves up to `out.len()` free blocks out of the bitmap into `out`, lowest first.
+    /// `base` is the address of the span's first page.
+    pub fn take_blocks(&mut self, base: usize, size: usize, out: &mut [*mut u8]) -> usize {
+        let mut got = 0;
+        let words = (self.nblocks as usize).div_ceil(64);
+        for w in 0..words {
+            let mut word = self.bitmap[w];
+            while word != 0 && got < out.len() {
+                let b = word.trailing_zeros() as usize;
+                word &= word - 1;
+                out[got] = (base + (w * 64 + b) * size) as *mut u8;
+                got += 1;
+            }
+            self.bitmap[w] = word;
+            if got == out.len() {
+                break;
+            }
+        }
+        self.nfree -= got as u16;
+        got
+    }
+
+    /// Marks block `i` free. False if it already was (a double free).
+    #[inline]
+    pub fn put_block(&mut self, i: usize) -> bool {
+        let (w, m) = (i / 64, 1u64 << (i % 64));
+        if self.bitmap[w & (BITMAP_WORDS - 1)] & m != 0 {
+            return false;
+        }
+        self.bitmap[w & (BITMAP_WORDS - 1)] |= m;
+        self.nfree += 1;
+        true
+    }
+
+    pub fn block_is_free(&self, i: usize) -> bool {
+        self.bitmap[(i / 64) & (BITMAP_WORDS - 1)] >> (i % 64) & 1 != 0
+    }
+
+    pub fn class(&self) -> Option<&'static ClassInfo> {
+        let c = self.kind.wrapping_sub(1) as usize;
+        if c < NCLASSES {
+            Some(size_class::info(c))
+        } else {
+            None
+        }
+    }
+
+    /// Free bits counted in the bitmap (for the invariant checker).
+    pub fn count_free_bits(&self) -> usize {
+        self.bitmap.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CHUNK_SIZE;
+
+    fn fresh() -> *mut Chunk {
+        let p = crate::os::map_aligned(CHUNK_SIZE, CHUNK_SIZE);
+        assert!(!p.is_null());
+        // SAFETY: fresh zeroed aligned mapping of CHUNK_SIZE.
+        unsafe { Chunk::init(p, 0) }
+    }
+
+    #[test]
+    fn header_fits_and_pages_run() {
+        // SAFETY: fresh() returns a valid initialised chunk owned by this test.
+        let ch = unsafe { &mut *fresh() };
+        assert_eq!(ch.free_count as usize, USABLE_PAGES);
+        let (a, z) = ch.alloc_pages(3, 1).unwrap();
+        assert_eq!(a, HEADER_PAGES);
+        assert!(z);
+        let (b, _) = ch.alloc_pages(4, 4).unwrap();
+        assert_eq!(b % 4, 0);
+        assert!(b >= a + 3);
+        ch.free_pages(a, 3);
+        // freed pages are dirty: not known zero when taken again
+        let (c, z2) = ch.alloc_pages(2, 1).unwrap();
+        assert_eq!(c, a);
+        assert!(!z2);
+        assert_eq!(ch.dirty_count(), 1);
+        // two epochs later the remaining dirty page is purged and clean again
+        ch.purge(false);
+        assert_eq!(ch.purge(false), 1);
+        assert_eq!(ch.dirty_count(), 0);
+        assert!(ch.alloc_pages(USABLE_PAGES, 1).is_none());
+        crate::os::unmap(ch as *mut Chunk as *mut u8, CHUNK_SIZE);
+    }
+
+    #[test]
+    fn span_bitmap_take_and_put() {
+        // SAFETY: as above.
+        let ch = unsafe { &mut *fresh() };
+        let c = 0; // 16-byte class, 1024 blocks
+        let (idx, _) = ch.alloc_pages(size_class::info(c).pages as usize, 1).unwrap();
+        let s = unsafe { &mut *ch.make_small(idx, c) };
+        assert_eq!(s.count_free_bits(), s.nblocks as usize);
+        let mut out = [null_mut(); 100];
+        let base = ch.page_addr(idx);
+        assert_eq!(s.take_blocks(base, 16, &mut out), 100);
+        assert_eq!(out[0] as usize, base);
+        assert_eq!(out[99] as usize, base + 99 * 16);
+        assert_eq!(s.nfree as usize, s.nblocks as usize - 100);
+        assert!(s.put_block(5));
+        assert!(!s.put_block(5), "double free must be refused");
+        assert!(s.block_is_free(5) && !s.block_is_free(6));
+        assert_eq!(s.count_free_bits(), s.nfree as usize);
+        // pointer -> page info -> span head
+        let p = base + 77 * 16;
+        assert_eq!(Chunk::of(p), ch as *mut Chunk);
+        let pi = ch.info[ch.page_index(p)];
+        assert_eq!(pi.kind, kind_of_class(c));
+        assert_eq!(pi.head as usize, idx);
+        assert_eq!(ch.index_of_span(s), idx);
+        crate::os::unmap(ch as *mut Chunk as *mut u8, CHUNK_SIZE);
+    }
+}
