@@ -8,7 +8,7 @@
 //! check, push. Everything else is `#[inline(never)]`.
 
 use crate::arena;
-use crate::config::{LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
+use crate::config::{LARGE_MAX, PAGES_PER_CHUNK, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
 use crate::huge;
 use crate::init;
 use crate::pagemap::{self, KIND_CHUNK, KIND_HUGE, KIND_MASK};
@@ -38,7 +38,36 @@ fn chunk_ref<'a>(c: usize) -> &'a Chunk {
     unsafe { &*(c as *const Chunk) }
 }
 
+/// The class of `a` when it is the start of a small block of ours — the whole validation of
+/// the free fast path: page-map entry of kind chunk, page of a small span, offset a multiple
+/// of the class size and inside the span's blocks.
+#[inline(always)]
+fn small_block_class(a: usize) -> Option<usize> {
+    let e = pagemap::lookup(a);
+    if e & KIND_MASK != KIND_CHUNK {
+        return None;
+    }
+    let ch = e - KIND_CHUNK;
+    // The mask keeps the index in range without a bounds check: a - ch < CHUNK_SIZE.
+    let pi = chunk_ref(ch).info[((a - ch) >> PAGE_SHIFT) & (PAGES_PER_CHUNK - 1)];
+    let c = pi.kind.wrapping_sub(1) as usize;
+    if c >= NCLASSES {
+        return None;
+    }
+    let k = size_class::info(c);
+    let off = a - ch - ((pi.head as usize) << PAGE_SHIFT);
+    let i = size_class::block_index(k, off);
+    if i * k.size as usize == off && i < k.blocks as usize {
+        Some(c)
+    } else {
+        None
+    }
+}
+
 pub fn locate(p: usize) -> Located {
+    if let Some(c) = small_block_class(p) {
+        return Located::Small(c);
+    }
     let e = pagemap::lookup(p);
     match e & KIND_MASK {
         KIND_CHUNK => {
@@ -46,16 +75,7 @@ pub fn locate(p: usize) -> Located {
             let ch = chunk_ref(c);
             let idx = ch.page_index(p);
             let pi = ch.info[idx];
-            let head = pi.head as usize;
-            let class = pi.kind.wrapping_sub(1) as usize;
-            if class < NCLASSES {
-                let k = size_class::info(class);
-                let off = p - ch.page_addr(head);
-                let i = size_class::block_index(k, off);
-                if i * k.size as usize == off && i < k.blocks as usize {
-                    return Located::Small(class);
-                }
-            } else if pi.kind == KIND_LARGE && head == idx && p == ch.page_addr(idx) {
+            if pi.kind == KIND_LARGE && pi.head as usize == idx && p == ch.page_addr(idx) {
                 return Located::Large(c, idx);
             }
             Located::Invalid
@@ -217,29 +237,23 @@ pub fn calloc(size: usize) -> *mut u8 {
 
 #[inline(always)]
 pub fn free(p: *mut u8) {
-    let a = p as usize;
-    let e = pagemap::lookup(a);
-    if e & KIND_MASK == KIND_CHUNK {
-        let ch = e - KIND_CHUNK;
-        let pi = chunk_ref(ch).info[(a - ch) >> PAGE_SHIFT];
-        let c = pi.kind.wrapping_sub(1) as usize;
-        if c < NCLASSES {
-            let k = size_class::info(c);
-            let off = a - ch - ((pi.head as usize) << PAGE_SHIFT);
-            let i = size_class::block_index(k, off);
-            if i * k.size as usize == off && i < k.blocks as usize {
-                let secret = init::secret();
-                if !has_free_mark(p) {
-                    let tc = tcache::current();
-                    if !tc.is_null() && tcache::push(tc, c, p, secret) {
-                        return;
-                    }
-                    return tcache::free_slow(p, c, secret);
-                }
-            }
+    if let Some(c) = small_block_class(p as usize) {
+        if !has_free_mark(p) {
+            return free_small(p, c);
         }
     }
     free_checked(p, "free")
+}
+
+/// Frees `p`, a validated live small block of class `c`.
+#[inline(always)]
+fn free_small(p: *mut u8, c: usize) {
+    let secret = init::secret();
+    let tc = tcache::current();
+    if !tc.is_null() && tcache::push(tc, c, p, secret) {
+        return;
+    }
+    tcache::free_slow(p, c, secret)
 }
 
 /// Free with every check, for whatever the fast path did not settle.
@@ -287,6 +301,22 @@ pub fn usable_size(p: *mut u8, func: &str) -> usize {
 /// untouched.
 pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     let a = p as usize;
+    // Fast path: a live small block.
+    if let Some(c) = small_block_class(a) {
+        if !has_free_mark(p) {
+            let usable = CLASSES[c].size as usize;
+            if size <= usable {
+                return p;
+            }
+            let q = malloc(size);
+            if !q.is_null() {
+                // SAFETY: both blocks are live and distinct; p holds `usable` < size bytes.
+                unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
+                free_small(p, c);
+            }
+            return q;
+        }
+    }
     let old = match locate(a) {
         Located::Small(c) => {
             if has_free_mark(p) && is_freed_small(p, c) {
@@ -313,13 +343,18 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         Located::Huge(base) => return huge::realloc(base, a, size),
         Located::Invalid => fatal("realloc", "invalid pointer", a),
     };
+    move_block(p, old, size)
+}
+
+/// Moves a live block of `old` usable bytes to a new block of `size` bytes.
+fn move_block(p: *mut u8, old: usize, size: usize) -> *mut u8 {
     let q = malloc(size);
     if q.is_null() {
         return q;
     }
     // SAFETY: both blocks are live, distinct, and at least min(old, size) bytes long.
     unsafe { core::ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free_checked(p, "realloc");
+    free(p);
     q
 }
 
