@@ -435,6 +435,7 @@ pub fn purge_all(skip: Option<usize>) -> usize {
         }
     }
     drain_pool();
+    crate::huge::drain_cache();
     n
 }
 

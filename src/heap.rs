@@ -190,7 +190,12 @@ fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
                 None => core::ptr::null_mut(),
             }
         } else {
-            huge::alloc(size, align)
+            let (p, was_zero) = huge::alloc(size, align);
+            if zero && !was_zero && !p.is_null() {
+                // SAFETY: p is a live huge object of at least `size` bytes.
+                unsafe { core::ptr::write_bytes(p, 0, size) };
+            }
+            p
         };
         if !p.is_null() {
             return p;

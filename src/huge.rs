@@ -1,10 +1,17 @@
 //! Huge objects (above LARGE_MAX): each has a mapping of its own, aligned to the chunk size so
 //! that no two mappings of ours share a page-map unit. A small header sits at the start of
 //! the mapping, before the user pointer (one OS page in, or `align` in for larger
-//! alignments). Freeing unmaps at once; realloc grows with mremap (in place when the pages
-//! after the mapping are free, otherwise moved without copying).
+//! alignments). Realloc grows with mremap (in place when the pages after the mapping are
+//! free, otherwise moved without copying).
+//!
+//! A freed mapping of moderate size waits in a small cache for one to two purge epochs, so
+//! a program that frees and allocates big buffers in turn reuses resident pages instead of
+//! faulting fresh zero pages in every time; then it is unmapped (address space and pages).
 
-use crate::config::CHUNK_SIZE;
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::config::{CHUNK_SIZE, PURGE_EPOCH_NS};
+use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
 use crate::pagemap;
 use crate::report::fatal;
@@ -24,26 +31,134 @@ fn canary(base: usize) -> u64 {
     crate::init::secret() ^ base as u64
 }
 
+/// The canary of a mapping waiting in the cache (freed).
+fn freed_canary(base: usize) -> u64 {
+    !canary(base)
+}
+
+fn header_of<'a>(base: usize) -> &'a mut Header {
+    // SAFETY: `base` comes from a page-map entry of kind huge (or the cache), which exists
+    // only while the mapping (whose first bytes are this header) exists.
+    unsafe { &mut *(base as *mut Header) }
+}
+
 fn header<'a>(base: usize, p: usize, func: &str) -> &'a mut Header {
-    // SAFETY: `base` comes from a page-map entry of kind huge, which is only set while the
-    // mapping (whose first bytes are this header) exists.
-    let h = unsafe { &mut *(base as *mut Header) };
+    let h = header_of(base);
     if h.canary != canary(base) {
+        if h.canary == freed_canary(base) {
+            fatal(func, "double free", p);
+        }
         fatal(func, "corrupted block header at", p);
     }
     h
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    base: usize,
+    map_len: usize,
+    freed_at: u64,
+}
+
+struct Cache {
+    e: [Cached; CACHE_SLOTS],
+    n: usize,
+}
+const CACHE_SLOTS: usize = 16;
+/// Mappings larger than this are unmapped at once.
+const CACHE_MAX_LEN: usize = 64 << 20;
+static CACHE: Mutex<Cache> =
+    Mutex::new(Cache { e: [Cached { base: 0, map_len: 0, freed_at: 0 }; CACHE_SLOTS], n: 0 });
+
+fn unmap_mapping(base: usize, len: usize) {
+    pagemap::unregister(base, len);
+    os::unmap(base as *mut u8, len);
+    stats::add_huge(-(len as isize), -1);
+}
+
+impl Cache {
+    fn remove(&mut self, i: usize) -> Cached {
+        let c = self.e[i];
+        self.n -= 1;
+        self.e[i] = self.e[self.n];
+        c
+    }
+
+    /// Unmaps entries freed more than two epochs ago (all of them if `all`).
+    fn expire(&mut self, now: u64, all: bool) {
+        let limit = 2 * PURGE_EPOCH_NS.load(Relaxed);
+        let mut i = 0;
+        while i < self.n {
+            if all || now.wrapping_sub(self.e[i].freed_at) >= limit {
+                let c = self.remove(i);
+                unmap_mapping(c.base, c.map_len);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Takes the smallest cached mapping of at least `need` bytes, trimmed to `need`.
+fn take_cached(need: usize) -> Option<usize> {
+    let mut cache = CACHE.lock();
+    cache.expire(os::now_ns(), false);
+    let mut best: Option<usize> = None;
+    for i in 0..cache.n {
+        let l = cache.e[i].map_len;
+        if l >= need && best.is_none_or(|b| l < cache.e[b].map_len) {
+            best = Some(i);
+        }
+    }
+    let c = cache.remove(best?);
+    drop(cache);
+    if c.map_len > need {
+        os::unmap((c.base + need) as *mut u8, c.map_len - need);
+        pagemap::unregister(c.base, c.map_len);
+        pagemap::register(c.base, need, c.base | pagemap::KIND_HUGE);
+        stats::add_huge(need as isize - c.map_len as isize, 0);
+    }
+    let h = header_of(c.base);
+    h.canary = canary(c.base);
+    h.map_len = need;
+    Some(c.base + h.user_off)
+}
+
+/// Unmaps every cached mapping now (memory pressure, malloc_trim).
+pub fn drain_cache() {
+    CACHE.lock().expire(0, true);
+}
+
+pub fn fork_prepare() {
+    CACHE.lock_forever();
+}
+pub fn fork_parent() {
+    CACHE.force_unlock();
+}
+pub fn fork_child() {
+    CACHE.reset_in_child();
 }
 
 fn round_page(n: usize) -> Option<usize> {
     n.checked_add(OS_PAGE - 1).map(|v| v & !(OS_PAGE - 1))
 }
 
-/// Maps a huge object of `size` bytes aligned to `align`; null if the kernel refuses.
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
+/// A huge object of `size` bytes aligned to `align`, and whether its bytes are known to be
+/// zero; null if the kernel refuses.
+pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
     let user_off = align.max(OS_PAGE);
     let Some(map_len) = user_off.checked_add(size).and_then(round_page) else {
-        return core::ptr::null_mut();
+        return (core::ptr::null_mut(), false);
     };
+    if user_off == OS_PAGE {
+        if let Some(p) = take_cached(map_len) {
+            return (p as *mut u8, false);
+        }
+    }
+    (map_fresh(map_len, user_off, align), true)
+}
+
+fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
     let base_align = align.max(CHUNK_SIZE);
     let base = os::map_aligned(map_len, base_align);
     if base.is_null() {
@@ -81,10 +196,23 @@ pub fn free(base: usize, p: usize, func: &str) {
         fatal(func, "invalid pointer", p);
     }
     let len = h.map_len;
-    h.canary = 0;
-    pagemap::unregister(base, len);
-    os::unmap(base as *mut u8, len);
-    stats::add_huge(-(len as isize), -1);
+    h.canary = freed_canary(base);
+    if h.user_off == OS_PAGE && len <= CACHE_MAX_LEN {
+        let now = os::now_ns();
+        let mut cache = CACHE.lock();
+        cache.expire(now, false);
+        if cache.n == CACHE_SLOTS {
+            // evict the oldest
+            let oldest = (0..cache.n).min_by_key(|&i| cache.e[i].freed_at).unwrap_or(0);
+            let c = cache.remove(oldest);
+            unmap_mapping(c.base, c.map_len);
+        }
+        let n = cache.n;
+        cache.e[n] = Cached { base, map_len: len, freed_at: now };
+        cache.n += 1;
+        return;
+    }
+    unmap_mapping(base, len);
 }
 
 /// Resizes in place or by moving the pages; null when the kernel refuses (the object is

@@ -10,7 +10,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use crate::{arena, config, os, pagemap, tcache};
+use crate::{arena, config, huge, os, pagemap, tcache};
 
 const UNINIT: u8 = 0;
 const BUSY: u8 = 1;
@@ -69,8 +69,10 @@ extern "C" fn thread_exit(tc: *mut libc::c_void) {
     tcache::retire(tc as *mut tcache::TCache);
 }
 
+// Lock order: thread-cache pool, huge cache, arenas, chunk pool, page-map growth.
 extern "C" fn fork_prepare() {
     tcache::fork_prepare();
+    huge::fork_prepare();
     arena::fork_prepare();
     pagemap::fork_prepare();
 }
@@ -78,11 +80,13 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_parent() {
     pagemap::fork_parent();
     arena::fork_parent();
+    huge::fork_parent();
     tcache::fork_parent();
 }
 
 extern "C" fn fork_child() {
     pagemap::fork_child();
     arena::fork_child();
+    huge::fork_child();
     tcache::fork_child();
 }
