@@ -1,7 +1,8 @@
 /* fork.c: background threads allocate and free continuously while the main thread forks
  * 50 times. Each child checks and frees blocks inherited from the parent, mallocs/frees a
  * few hundred blocks of various sizes, spawns a thread that allocates, (every 10th child)
- * forks a grandchild doing the same, and _exits 0. The parent waits with a timeout and
+ * forks a grandchild doing the same, and _exits 0. Every 5th fork is made from a
+ * short-lived non-main thread. The parent waits with a timeout and
  * requires every child to exit with status 0 (a deadlocked child is killed and reported). */
 #include "common.h"
 
@@ -164,6 +165,67 @@ static void describe_status(char *buf, size_t len, int st)
     else snprintf(buf, len, "status %#x", st);
 }
 
+/* One fork round: allocate blocks to inherit, fork, child works, parent waits.
+ * Returns 1 if the child (and grandchild) exited 0. */
+static int fork_round(int k)
+{
+    void *inh[NINHERIT];
+    size_t inh_n[NINHERIT];
+    uint64_t rng = rs_mix(k + 77) | 1;
+    for (int i = 0; i < NINHERIT; i++) {
+        inh_n[i] = rand_size(&rng);
+        inh[i] = malloc(inh_n[i]);
+        if (inh[i]) rs_fill(inh[i], inh_n[i], (uintptr_t)inh[i] ^ 0xF0F0);
+    }
+    /* Let the background threads get busy. */
+    for (volatile int spin = 0; spin < 200000; spin++) {}
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        FAILF("fork: %s", strerror(errno));
+        for (int i = 0; i < NINHERIT; i++) free(inh[i]);
+        return 0;
+    }
+    if (pid == 0) {
+        int rc = child_work(k, inh, inh_n);
+        if (k % 10 == 0) { /* grandchild, forked from a single-threaded child */
+            void *gi[NINHERIT] = {0};
+            size_t gn[NINHERIT] = {0};
+            gi[0] = malloc(1000);
+            gn[0] = 1000;
+            rs_fill(gi[0], 1000, (uintptr_t)gi[0] ^ 0xF0F0);
+            fflush(stdout);
+            pid_t g = fork();
+            if (g == 0) _exit(child_work(1000 + k, gi, gn));
+            int st = g > 0 ? wait_timeout(g, 40) : -2;
+            if (!(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+                char d[128];
+                describe_status(d, sizeof d, st);
+                FAILF("grandchild of child %d %s", k, d);
+                rc = 1;
+            }
+            free(gi[0]);
+        }
+        fflush(stdout);
+        _exit(rc);
+    }
+    for (int i = 0; i < NINHERIT; i++) free(inh[i]);
+    int st = wait_timeout(pid, 60);
+    if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+        atomic_fetch_add(&rs_checks, 1);
+        return 1;
+    }
+    char d[128];
+    describe_status(d, sizeof d, st);
+    FAILF("child %d %s%s", k, d, k % 5 == 4 ? " (forked from a non-main thread)" : "");
+    return 0;
+}
+
+static void *fork_in_thread(void *arg)
+{
+    return (void *)(uintptr_t)fork_round((int)(uintptr_t)arg);
+}
+
 int main(void)
 {
     rs_check_loaded("fork");
@@ -171,55 +233,17 @@ int main(void)
     for (int i = 0; i < NBG; i++) pthread_create(&th[i], NULL, bg, (void *)(uintptr_t)(i + 1));
     int ok_children = 0;
     for (int k = 0; k < NFORKS; k++) {
-        void *inh[NINHERIT];
-        size_t inh_n[NINHERIT];
-        uint64_t rng = rs_mix(k + 77) | 1;
-        for (int i = 0; i < NINHERIT; i++) {
-            inh_n[i] = rand_size(&rng);
-            inh[i] = malloc(inh_n[i]);
-            if (inh[i]) rs_fill(inh[i], inh_n[i], (uintptr_t)inh[i] ^ 0xF0F0);
-        }
-        /* Let the background threads get busy. */
-        for (volatile int spin = 0; spin < 200000; spin++) {}
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid < 0) {
-            FAILF("fork: %s", strerror(errno));
-            break;
-        }
-        if (pid == 0) {
-            int rc = child_work(k, inh, inh_n);
-            if (k % 10 == 0) { /* grandchild, forked from a single-threaded child */
-                void *gi[NINHERIT] = {0};
-                size_t gn[NINHERIT] = {0};
-                gi[0] = malloc(1000);
-                gn[0] = 1000;
-                rs_fill(gi[0], 1000, (uintptr_t)gi[0] ^ 0xF0F0);
-                fflush(stdout);
-                pid_t g = fork();
-                if (g == 0) _exit(child_work(1000 + k, gi, gn));
-                int st = g > 0 ? wait_timeout(g, 40) : -2;
-                if (!(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
-                    char d[128];
-                    describe_status(d, sizeof d, st);
-                    FAILF("grandchild of child %d %s", k, d);
-                    rc = 1;
-                }
-                free(gi[0]);
+        if (k % 5 == 4) { /* every 5th fork comes from a short-lived non-main thread */
+            pthread_t t;
+            void *r = NULL;
+            if (pthread_create(&t, NULL, fork_in_thread, (void *)(uintptr_t)k)) {
+                FAILF("pthread_create failed");
+                continue;
             }
-            fflush(stdout);
-            _exit(rc);
-        }
-        for (int i = 0; i < NINHERIT; i++) free(inh[i]);
-        int st = wait_timeout(pid, 60);
-        if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-            ok_children++;
-            atomic_fetch_add(&rs_checks, 1);
-        } else {
-            char d[128];
-            describe_status(d, sizeof d, st);
-            FAILF("child %d %s", k, d);
-        }
+            pthread_join(t, &r);
+            ok_children += r != NULL;
+        } else
+            ok_children += fork_round(k);
     }
     atomic_store(&stop, 1);
     for (int i = 0; i < NBG; i++) pthread_join(th[i], NULL);

@@ -9,7 +9,7 @@
 //! becomes entirely free goes to a small global pool, and beyond it back to the kernel.
 
 use core::ptr::null_mut;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::config::{narenas, CHUNK_SIZE, MAX_ARENAS, PURGE_EPOCH_NS};
 use crate::lock::{Guard, Mutex};
@@ -30,6 +30,8 @@ pub struct ArenaState {
     epoch_start: u64,
     /// Pages freed since the arena was last purged (0 = nothing to purge).
     dirtied: usize,
+    /// Pages holding spans or large objects.
+    active: usize,
 }
 
 // SAFETY: the raw pointers lead into chunks that only the holder of the arena lock touches.
@@ -45,6 +47,7 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     last_chunk: null_mut(),
     epoch_start: 0,
     dirtied: 0,
+    active: 0,
 }));
 static ARENAS: [Arena; MAX_ARENAS] = [ARENA_INIT; MAX_ARENAS];
 
@@ -57,6 +60,18 @@ struct Pool {
 unsafe impl Send for Pool {}
 static POOL: Mutex<Pool> = Mutex::new(Pool { head: null_mut(), count: 0 });
 const POOL_MAX: usize = 4;
+/// Counts purges forced by many pages being freed at once. A thread cache that sees it move
+/// flushes itself whole: a program shrinking its heap should not keep spans pinned by the
+/// blocks its caches still hold.
+static PRESSURE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn pressure_events() -> usize {
+    PRESSURE.load(Relaxed)
+}
+
+/// Dirty pages an arena may keep beyond 1/8 of its active pages before it purges at once
+/// (1 MiB): bounds what a program that frees everything leaves resident, with hysteresis.
+const DIRTY_MIN_PAGES: usize = (1 << 20) / crate::config::PAGE_SIZE;
 
 pub fn lock(a: usize) -> Guard<'static, ArenaState> {
     ARENAS[a % MAX_ARENAS].0.lock()
@@ -148,7 +163,19 @@ impl ArenaState {
 
     fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
         self.dirtied += chunk_ref(c).free_pages(idx, n);
+        self.active -= n;
         stats::add_active_pages(-(n as isize));
+        if self.dirtied > DIRTY_MIN_PAGES.max(self.active / 8) {
+            PRESSURE.fetch_add(1, Relaxed);
+            self.purge(true);
+        } else {
+            self.tick();
+        }
+    }
+
+    fn count_active(&mut self, n: usize) {
+        self.active += n;
+        stats::add_active_pages(n as isize);
     }
 
     /// Fills `out` with free blocks of class `c`; returns how many (0 only when out of memory).
@@ -159,7 +186,7 @@ impl ArenaState {
             let mut s = self.partial[c];
             if s.is_null() {
                 let Some((ch, idx, _)) = self.alloc_pages(arena, k.pages as usize, 1) else { break };
-                stats::add_active_pages(k.pages as isize);
+                self.count_active(k.pages as usize);
                 s = chunk_ref(ch).make_small(idx, c);
                 self.list_push(c, s);
             }
@@ -221,7 +248,7 @@ impl ArenaState {
         let (c, idx, zero) = self.alloc_pages(arena, npages, align)?;
         let ch = chunk_ref(c);
         ch.make_large(idx, npages);
-        stats::add_active_pages(npages as isize);
+        self.count_active(npages);
         self.tick();
         Some((ch.page_addr(idx) as *mut u8, zero))
     }
@@ -230,7 +257,6 @@ impl ArenaState {
     pub fn free_large(&mut self, c: *mut Chunk, idx: usize) {
         let n = chunk_ref(c).spans[idx].npages as usize;
         self.free_pages(c, idx, n);
-        self.tick();
     }
 
     /// Resizes a large object in place to `npages`; false if the pages after it are taken.
@@ -249,7 +275,7 @@ impl ArenaState {
             }
             let zero = ch.take_pages(idx + old, npages - old);
             ch.make_large(idx, npages);
-            stats::add_active_pages((npages - old) as isize);
+            self.count_active(npages - old);
             return Some(zero);
         }
         Some(true)

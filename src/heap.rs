@@ -174,6 +174,8 @@ fn reclaim(tc: *mut TCache) {
 /// Large or huge allocation, or small with an alignment classes cannot give.
 #[inline(never)]
 fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // This may be the process's first call: the secret (huge headers) and options must be set.
+    init::ensure();
     for attempt in 0..2 {
         let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
             let npages = size.div_ceil(PAGE_SIZE);

@@ -63,12 +63,21 @@ struct Cached {
 struct Cache {
     e: [Cached; CACHE_SLOTS],
     n: usize,
+    /// Bytes of the cached mappings.
+    bytes: usize,
+    /// Bytes of the live huge objects.
+    live: usize,
 }
 const CACHE_SLOTS: usize = 16;
-/// Mappings larger than this are unmapped at once.
-const CACHE_MAX_LEN: usize = 64 << 20;
-static CACHE: Mutex<Cache> =
-    Mutex::new(Cache { e: [Cached { base: 0, map_len: 0, freed_at: 0 }; CACHE_SLOTS], n: 0 });
+/// The cache holds at most max(CACHE_MIN_BYTES, live huge bytes / 2): a program that frees
+/// everything keeps at most this much resident.
+const CACHE_MIN_BYTES: usize = 8 << 20;
+static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    e: [Cached { base: 0, map_len: 0, freed_at: 0 }; CACHE_SLOTS],
+    n: 0,
+    bytes: 0,
+    live: 0,
+});
 
 fn unmap_mapping(base: usize, len: usize) {
     pagemap::unregister(base, len);
@@ -81,7 +90,18 @@ impl Cache {
         let c = self.e[i];
         self.n -= 1;
         self.e[i] = self.e[self.n];
+        self.bytes -= c.map_len;
         c
+    }
+
+    fn cap(&self) -> usize {
+        CACHE_MIN_BYTES.max(self.live / 2)
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = (0..self.n).min_by_key(|&i| self.e[i].freed_at).unwrap_or(0);
+        let c = self.remove(oldest);
+        unmap_mapping(c.base, c.map_len);
     }
 
     /// Unmaps entries freed more than two epochs ago (all of them if `all`).
@@ -111,6 +131,7 @@ fn take_cached(need: usize) -> Option<usize> {
         }
     }
     let c = cache.remove(best?);
+    cache.live += need;
     drop(cache);
     if c.map_len > need {
         os::unmap((c.base + need) as *mut u8, c.map_len - need);
@@ -122,6 +143,12 @@ fn take_cached(need: usize) -> Option<usize> {
     h.canary = canary(c.base);
     h.map_len = need;
     Some(c.base + h.user_off)
+}
+
+fn account_resize(old_len: usize, new_len: usize) {
+    stats::add_huge(new_len as isize - old_len as isize, 0);
+    let mut c = CACHE.lock();
+    c.live = (c.live + new_len).saturating_sub(old_len);
 }
 
 /// Unmaps every cached mapping now (memory pressure, malloc_trim).
@@ -178,6 +205,7 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
         })
     };
     stats::add_huge(map_len as isize, 1);
+    CACHE.lock().live += map_len;
     (base as usize + user_off) as *mut u8
 }
 
@@ -197,21 +225,21 @@ pub fn free(base: usize, p: usize, func: &str) {
     }
     let len = h.map_len;
     h.canary = freed_canary(base);
-    if h.user_off == OS_PAGE && len <= CACHE_MAX_LEN {
-        let now = os::now_ns();
-        let mut cache = CACHE.lock();
-        cache.expire(now, false);
-        if cache.n == CACHE_SLOTS {
-            // evict the oldest
-            let oldest = (0..cache.n).min_by_key(|&i| cache.e[i].freed_at).unwrap_or(0);
-            let c = cache.remove(oldest);
-            unmap_mapping(c.base, c.map_len);
+    let now = os::now_ns();
+    let mut cache = CACHE.lock();
+    cache.live -= len.min(cache.live);
+    cache.expire(now, false);
+    if h.user_off == OS_PAGE && len <= cache.cap() {
+        while cache.n > 0 && (cache.n == CACHE_SLOTS || cache.bytes + len > cache.cap()) {
+            cache.evict_oldest();
         }
         let n = cache.n;
         cache.e[n] = Cached { base, map_len: len, freed_at: now };
         cache.n += 1;
+        cache.bytes += len;
         return;
     }
+    drop(cache);
     unmap_mapping(base, len);
 }
 
@@ -232,14 +260,14 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
             pagemap::unregister(base, old_len);
             pagemap::register(base, new_len, base | pagemap::KIND_HUGE);
             h.map_len = new_len;
-            stats::add_huge(new_len as isize - old_len as isize, 0);
+            account_resize(old_len, new_len);
         }
         return p as *mut u8;
     }
     if os::remap_in_place(base as *mut u8, old_len, new_len) {
         if pagemap::register(base, new_len, base | pagemap::KIND_HUGE) {
             h.map_len = new_len;
-            stats::add_huge((new_len - old_len) as isize, 0);
+            account_resize(old_len, new_len);
             return p as *mut u8;
         }
         os::remap_in_place(base as *mut u8, new_len, old_len);
@@ -265,6 +293,6 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     let nh = unsafe { &mut *(t as *mut Header) };
     nh.canary = canary(t);
     nh.map_len = new_len;
-    stats::add_huge((new_len - old_len) as isize, 0);
+    account_resize(old_len, new_len);
     (t + user_off) as *mut u8
 }

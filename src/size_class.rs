@@ -15,9 +15,9 @@ pub const NCLASSES: usize = 40;
 /// Most blocks a span can hold: the span bitmap has this many bits.
 pub const MAX_BLOCKS: usize = 1024;
 const MAX_SPAN_PAGES: usize = 8;
-const CACHE_BYTES: usize = 64 * 1024;
+const CACHE_BYTES: usize = 32 * 1024;
 const CACHE_MIN: usize = 8;
-const CACHE_MAX: usize = 256;
+const CACHE_MAX: usize = 128;
 
 const fn size_of_class(c: usize) -> usize {
     if c < 8 {

@@ -36,6 +36,8 @@ pub struct Bin {
 pub struct TCache {
     bins: [Bin; NCLASSES],
     arena: usize,
+    /// `arena::pressure_events()` when this cache last flushed itself whole.
+    pressure_seen: usize,
     /// Link in the pool of caches of exited threads.
     next_free: *mut TCache,
 }
@@ -46,6 +48,7 @@ unsafe impl Sync for SyncCache {}
 static DEAD: SyncCache = SyncCache(TCache {
     bins: [const { Bin { count: 0, cap: 0, stack: null_mut() } }; NCLASSES],
     arena: 0,
+    pressure_seen: 0,
     next_free: null_mut(),
 });
 
@@ -151,6 +154,7 @@ pub fn get_or_create() -> *mut TCache {
     }
     t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
     t.next_free = null_mut();
+    t.pressure_seen = arena::pressure_events();
     tls::set(tc as *mut u8);
     init::register_thread_cache(tc as *mut u8);
     stats::add_threads(1);
@@ -237,6 +241,11 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
         }
         let cap = cache_ref(tc).bins[c].cap as usize;
         flush(tc, c, (cap / 2).max(1));
+        let events = arena::pressure_events();
+        if events != cache_ref(tc).pressure_seen {
+            cache_ref(tc).pressure_seen = events;
+            flush_all(tc);
+        }
         if push(tc, c, p, secret) {
             return;
         }
