@@ -57,7 +57,9 @@ for name in $names; do
       continue
     fi
     # Run from the build directory so that relative paths and core files stay there.
-    (cd "$BUILD" && env "${envs[@]}" timeout -k 10 "$TIMEOUT" "$bin") >"$log" 2>&1
+    # (the explicit `exit` keeps bash from reporting "Aborted" etc. on the terminal: the
+    # subshell, whose stderr is the log, reports it instead)
+    (cd "$BUILD" && env "${envs[@]}" timeout -k 10 "$TIMEOUT" "$bin"; exit $?) >"$log" 2>&1
     rc=$?
     if [ $rc -eq 0 ]; then
       echo "PASS $name ($mode)"

@@ -10,7 +10,7 @@
 
 use core::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{CHUNK_SIZE, PURGE_EPOCH_NS};
+use crate::config::{CHUNK_SHIFT, CHUNK_SIZE, PURGE_EPOCH_NS};
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
 use crate::pagemap;
@@ -131,18 +131,30 @@ fn take_cached(need: usize) -> Option<usize> {
         }
     }
     let c = cache.remove(best?);
-    cache.live += need;
+    // live from now on; shrink_mapping below accounts for the trimmed tail
+    cache.live += c.map_len;
     drop(cache);
     if c.map_len > need {
-        os::unmap((c.base + need) as *mut u8, c.map_len - need);
-        pagemap::unregister(c.base, c.map_len);
-        pagemap::register(c.base, need, c.base | pagemap::KIND_HUGE);
-        stats::add_huge(need as isize - c.map_len as isize, 0);
+        shrink_mapping(c.base, c.map_len, need);
     }
     let h = header_of(c.base);
     h.canary = canary(c.base);
     h.map_len = need;
     Some(c.base + h.user_off)
+}
+
+/// Gives back the tail of a mapping. The units it no longer covers leave the page map first:
+/// as soon as the tail is unmapped, another thread may map that address space and register
+/// it.
+fn shrink_mapping(base: usize, old_len: usize, new_len: usize) {
+    let new_end_unit = (base + new_len - 1) >> CHUNK_SHIFT;
+    let old_end_unit = (base + old_len - 1) >> CHUNK_SHIFT;
+    if old_end_unit > new_end_unit {
+        let first = (new_end_unit + 1) << CHUNK_SHIFT;
+        pagemap::unregister(first, ((old_end_unit + 1) << CHUNK_SHIFT) - first);
+    }
+    os::unmap((base + new_len) as *mut u8, old_len - new_len);
+    account_resize(old_len, new_len);
 }
 
 fn account_resize(old_len: usize, new_len: usize) {
@@ -256,11 +268,8 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     };
     if new_len <= old_len {
         if new_len < old_len {
-            os::unmap((base + new_len) as *mut u8, old_len - new_len);
-            pagemap::unregister(base, old_len);
-            pagemap::register(base, new_len, base | pagemap::KIND_HUGE);
+            shrink_mapping(base, old_len, new_len);
             h.map_len = new_len;
-            account_resize(old_len, new_len);
         }
         return p as *mut u8;
     }
@@ -283,12 +292,15 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
         os::unmap(target, new_len);
         return core::ptr::null_mut();
     }
+    // The old range leaves the page map before the kernel frees it: once it is free another
+    // thread may map and register it.
+    pagemap::unregister(base, old_len);
     if !os::remap_to(base as *mut u8, old_len, new_len, target) {
+        pagemap::register(base, old_len, base | pagemap::KIND_HUGE);
         pagemap::unregister(t, new_len);
         os::unmap(target, new_len);
         return core::ptr::null_mut();
     }
-    pagemap::unregister(base, old_len);
     // SAFETY: the header moved with the first page of the mapping, now at `t`.
     let nh = unsafe { &mut *(t as *mut Header) };
     nh.canary = canary(t);
