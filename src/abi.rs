@@ -6,7 +6,7 @@ use core::ffi::{c_char, c_int, c_void};
 
 use crate::heap;
 use crate::os::{set_errno, OS_PAGE};
-use crate::report::fatal;
+use crate::report::{fatal, Sink, Writer};
 use crate::stats;
 
 const PTRDIFF_MAX: usize = isize::MAX as usize;
@@ -164,6 +164,11 @@ pub extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) 
 
 static VERSION: &[u8] = concat!("rsmalloc ", env!("CARGO_PKG_VERSION"), "\0").as_bytes();
 
+/// The version string without its NUL.
+pub fn version_bytes() -> &'static [u8] {
+    &VERSION[..VERSION.len() - 1]
+}
+
 /// The library's name and version, e.g. "rsmalloc 0.1.0" (tests look it up with dlsym to
 /// prove rsmalloc is the allocator in use).
 #[cfg_attr(not(test), no_mangle)]
@@ -191,5 +196,68 @@ pub unsafe extern "C" fn rsmalloc_stats(out: *mut stats::Snapshot) -> c_int {
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn rsmalloc_check() -> c_int {
     heap::check();
+    0
+}
+
+/// glibc's malloc_stats: the statistics report on stderr.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc_stats() {
+    stats::write_report(&mut Writer::new(Sink::Stderr));
+}
+
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+pub struct Mallinfo2 {
+    pub arena: usize,
+    pub ordblks: usize,
+    pub smblks: usize,
+    pub hblks: usize,
+    pub hblkhd: usize,
+    pub usmblks: usize,
+    pub fsmblks: usize,
+    pub uordblks: usize,
+    pub fordblks: usize,
+    pub keepcost: usize,
+}
+
+/// glibc's mallinfo2, filled from rsmalloc's counters: `arena` = bytes mapped for chunks,
+/// `hblks`/`hblkhd` = huge mappings and their bytes, `uordblks` = bytes in active pages,
+/// `fordblks` = mapped chunk bytes not active.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    let s = stats::snapshot();
+    let chunks = s.mapped - s.huge;
+    Mallinfo2 {
+        arena: chunks,
+        ordblks: 0,
+        smblks: 0,
+        hblks: s.huge_count,
+        hblkhd: s.huge,
+        usmblks: 0,
+        fsmblks: 0,
+        uordblks: s.active,
+        fordblks: chunks.saturating_sub(s.active),
+        keepcost: 0,
+    }
+}
+
+/// glibc's malloc_trim: purges every free page now (and this thread's cached blocks);
+/// returns 1 if memory was released. `pad` is accepted and ignored.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    (heap::trim() > 0) as c_int
+}
+
+/// glibc's malloc_info: an XML report on `stream`. `options` must be 0 (EINVAL otherwise).
+///
+/// # Safety
+/// `stream` must be a valid `FILE*` open for writing.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 || stream.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    stats::write_xml(&mut Writer::new(Sink::File(stream)));
     0
 }

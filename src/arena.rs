@@ -31,7 +31,12 @@ pub struct ArenaState {
     /// Pages freed since the arena was last purged (0 = nothing to purge).
     dirtied: usize,
     /// Pages holding spans or large objects.
-    active: usize,
+    pub active: usize,
+    /// Statistics per class: blocks handed to caches, blocks returned, spans in use.
+    pub taken: [u64; NCLASSES],
+    pub returned: [u64; NCLASSES],
+    pub spans: [u32; NCLASSES],
+    pub nchunks: u32,
 }
 
 // SAFETY: the raw pointers lead into chunks that only the holder of the arena lock touches.
@@ -48,6 +53,10 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     epoch_start: 0,
     dirtied: 0,
     active: 0,
+    taken: [0; NCLASSES],
+    returned: [0; NCLASSES],
+    spans: [0; NCLASSES],
+    nchunks: 0,
 }));
 static ARENAS: [Arena; MAX_ARENAS] = [ARENA_INIT; MAX_ARENAS];
 
@@ -128,6 +137,7 @@ impl ArenaState {
             chunk_ref(self.last_chunk).next = c;
         }
         self.last_chunk = c;
+        self.nchunks += 1;
     }
 
     fn unlink_chunk(&mut self, c: *mut Chunk) {
@@ -142,6 +152,7 @@ impl ArenaState {
         } else {
             chunk_ref(ch.next).prev = ch.prev;
         }
+        self.nchunks -= 1;
     }
 
     /// Finds `n` free pages (aligned to `align` pages) in this arena's chunks, taking a new
@@ -187,6 +198,7 @@ impl ArenaState {
             if s.is_null() {
                 let Some((ch, idx, _)) = self.alloc_pages(arena, k.pages as usize, 1) else { break };
                 self.count_active(k.pages as usize);
+                self.spans[c] += 1;
                 s = chunk_ref(ch).make_small(idx, c);
                 self.list_push(c, s);
             }
@@ -198,6 +210,7 @@ impl ArenaState {
                 self.list_remove(c, s);
             }
         }
+        self.taken[c] += got as u64;
         self.tick();
         got
     }
@@ -221,7 +234,9 @@ impl ArenaState {
             fatal(func, "double free", p);
         }
         let class = sp.kind as usize - 1;
+        self.returned[class] += 1;
         if sp.nfree == sp.nblocks {
+            self.spans[class] -= 1;
             if sp.listed {
                 self.list_remove(class, s);
             }
@@ -316,6 +331,17 @@ impl ArenaState {
         self.dirtied = still_dirty;
         stats::add_purged_pages(purged);
         purged
+    }
+
+    /// Dirty pages in this arena's chunks.
+    pub fn dirty_pages(&self) -> usize {
+        let mut n = 0;
+        let mut c = self.chunks;
+        while !c.is_null() {
+            n += chunk_ref(c).dirty_count();
+            c = chunk_ref(c).next;
+        }
+        n
     }
 
     /// Walks every chunk and span and checks that counts, bitmaps and lists agree.
@@ -461,8 +487,7 @@ pub fn purge_all(skip: Option<usize>) -> usize {
         }
     }
     drain_pool();
-    crate::huge::drain_cache();
-    n
+    n + crate::huge::drain_cache() / crate::config::PAGE_SIZE
 }
 
 /// Runs the invariant walk over every arena.

@@ -137,7 +137,7 @@ fn alloc_class_slow(c: usize) -> *mut u8 {
         let p = if tcache::is_live(tc) {
             tcache::refill_and_pop(tc, c)
         } else {
-            take_one(c)
+            tcache::take_one(0, c)
         };
         if !p.is_null() {
             #[cfg(feature = "check-invariants")]
@@ -149,18 +149,6 @@ fn alloc_class_slow(c: usize) -> *mut u8 {
         }
     }
     core::ptr::null_mut()
-}
-
-/// One block straight from arena 0, for threads without a cache.
-fn take_one(c: usize) -> *mut u8 {
-    let mut one = [core::ptr::null_mut()];
-    if arena::lock(0).take_small(0, c, &mut one) == 1 {
-        // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
-        unsafe { *(one[0] as *mut u64).add(1) = 0 };
-        one[0]
-    } else {
-        core::ptr::null_mut()
-    }
 }
 
 /// Out of memory: give back everything this thread caches and every dirty page, so that a

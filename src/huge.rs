@@ -163,9 +163,13 @@ fn account_resize(old_len: usize, new_len: usize) {
     c.live = (c.live + new_len).saturating_sub(old_len);
 }
 
-/// Unmaps every cached mapping now (memory pressure, malloc_trim).
-pub fn drain_cache() {
-    CACHE.lock().expire(0, true);
+/// Unmaps every cached mapping now (memory pressure, malloc_trim); returns the bytes
+/// released.
+pub fn drain_cache() -> usize {
+    let mut cache = CACHE.lock();
+    let bytes = cache.bytes;
+    cache.expire(0, true);
+    bytes
 }
 
 pub fn fork_prepare() {

@@ -88,12 +88,6 @@ impl<T> Mutex<T> {
     pub fn reset_in_child(&self) {
         self.state.store(UNLOCKED, Ordering::Relaxed);
     }
-
-    /// The value without locking, for code that already excludes every other thread
-    /// (process initialisation, a forked child) or reads statistics racily on purpose.
-    pub fn as_ptr(&self) -> *mut T {
-        self.value.get()
-    }
 }
 
 impl<T> core::ops::Deref for Guard<'_, T> {

@@ -14,6 +14,10 @@ pub fn set_thp(on: bool) {
     THP.store(on, core::sync::atomic::Ordering::Relaxed);
 }
 
+pub fn thp() -> bool {
+    THP.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Maps `len` bytes of fresh, zeroed, read-write memory. Null when the kernel refuses.
 pub fn map(len: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing memory.

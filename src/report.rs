@@ -1,23 +1,86 @@
-//! Fatal misuse reports: one line on stderr, then abort. Formats into a stack buffer;
-//! never allocates, never panics.
+//! Text output without allocating: a writer over a stack buffer that flushes to fd 2 or a
+//! C `FILE*`, used for fatal misuse reports (one line, then abort), warnings, and the
+//! statistics report. Never panics.
 
 use crate::os;
 
-struct Line {
-    buf: [u8; 192],
-    len: usize,
+pub enum Sink {
+    Stderr,
+    File(*mut libc::FILE),
 }
 
-impl Line {
-    fn push(&mut self, s: &[u8]) {
-        for &b in s {
-            if self.len < self.buf.len() - 1 {
-                self.buf[self.len] = b;
-                self.len += 1;
+pub struct Writer {
+    buf: [u8; 256],
+    len: usize,
+    sink: Sink,
+}
+
+impl Writer {
+    pub fn new(sink: Sink) -> Writer {
+        Writer { buf: [0; 256], len: 0, sink }
+    }
+
+    pub fn flush(&mut self) {
+        match self.sink {
+            Sink::Stderr => os::write_stderr(&self.buf[..self.len]),
+            Sink::File(f) => {
+                // SAFETY: the caller of malloc_info handed us a valid FILE*; fwrite copies the
+                // bytes out of our buffer.
+                unsafe { libc::fwrite(self.buf.as_ptr() as *const libc::c_void, 1, self.len, f) };
             }
         }
+        self.len = 0;
     }
-    fn push_hex(&mut self, v: usize) {
+
+    pub fn bytes(&mut self, s: &[u8]) -> &mut Self {
+        for &b in s {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    pub fn dec(&mut self, v: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        let mut x = v;
+        loop {
+            digits[n] = b'0' + (x % 10) as u8;
+            n += 1;
+            x /= 10;
+            if x == 0 {
+                break;
+            }
+        }
+        while n > 0 {
+            n -= 1;
+            self.bytes(&[digits[n]]);
+        }
+        self
+    }
+
+    /// Right-aligned decimal in a field of `width` characters.
+    pub fn dec_w(&mut self, v: u64, width: usize) -> &mut Self {
+        let mut digits = 1;
+        let mut x = v;
+        while x >= 10 {
+            x /= 10;
+            digits += 1;
+        }
+        for _ in digits..width {
+            self.bytes(b" ");
+        }
+        self.dec(v)
+    }
+
+    pub fn hex(&mut self, v: usize) -> &mut Self {
         let mut digits = [0u8; 16];
         let mut n = 0;
         let mut x = v;
@@ -29,11 +92,12 @@ impl Line {
                 break;
             }
         }
-        self.push(b"0x");
+        self.bytes(b"0x");
         while n > 0 {
             n -= 1;
-            self.push(&digits[n..n + 1]);
+            self.bytes(&[digits[n]]);
         }
+        self
     }
 }
 
@@ -41,39 +105,31 @@ impl Line {
 #[cold]
 #[inline(never)]
 pub fn fatal(func: &str, what: &str, addr: usize) -> ! {
-    let mut l = Line { buf: [0; 192], len: 0 };
-    l.push(b"rsmalloc: ");
-    l.push(func.as_bytes());
-    l.push(b"(): ");
-    l.push(what.as_bytes());
-    l.push(b" ");
-    l.push_hex(addr);
-    l.push(b"\n");
-    os::write_stderr(&l.buf[..l.len]);
+    let mut w = Writer::new(Sink::Stderr);
+    w.str("rsmalloc: ").str(func).str("(): ").str(what).str(" ").hex(addr).str("\n");
+    w.flush();
     os::abort()
 }
 
 /// A warning line that does not stop the process (bad options and the like).
 pub fn warn(parts: &[&[u8]]) {
-    let mut l = Line { buf: [0; 192], len: 0 };
-    l.push(b"rsmalloc: warning: ");
+    let mut w = Writer::new(Sink::Stderr);
+    w.str("rsmalloc: warning: ");
     for p in parts {
-        l.push(p);
+        w.bytes(p);
     }
-    l.push(b"\n");
-    os::write_stderr(&l.buf[..l.len]);
+    w.str("\n");
+    w.flush();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     #[test]
-    fn hex_formatting() {
-        let mut l = Line { buf: [0; 192], len: 0 };
-        l.push_hex(0x7f12_ab00);
-        assert_eq!(&l.buf[..l.len], b"0x7f12ab00");
-        let mut z = Line { buf: [0; 192], len: 0 };
-        z.push_hex(0);
-        assert_eq!(&z.buf[..z.len], b"0x0");
+    fn number_formatting() {
+        let mut w = Writer::new(Sink::Stderr);
+        w.hex(0x7f12_ab00).str(" ").hex(0).str(" ").dec(0).str(" ").dec(18446744073709551615).dec_w(42, 5);
+        assert_eq!(&w.buf[..w.len], b"0x7f12ab00 0x0 0 18446744073709551615   42");
+        w.len = 0;
     }
 }

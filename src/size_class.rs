@@ -4,8 +4,7 @@
 //!   (32 classes): 40 classes, internal fragmentation at most 20% (129 B -> 160 B), about
 //!   10% on average over uniformly random sizes.
 //! * Each class has a span length (pages of 16 KiB) chosen so that a span holds at least four
-//!   blocks and wastes at most 1/8 of itself at the tail, a thread-cache capacity, and a
-//!   reciprocal that turns "offset in span -> block index" into a multiply.
+//!   blocks and wastes at most 1/8 of itself at the tail, and a reciprocal that turns "offset in span -> block index" into a multiply.
 //! * size -> class is two table look-ups: one for sizes up to 1 KiB in 16-byte steps, one
 //!   for sizes up to 32 KiB in 128-byte steps (every class above 1 KiB is a multiple of 128).
 
@@ -15,9 +14,10 @@ pub const NCLASSES: usize = 40;
 /// Most blocks a span can hold: the span bitmap has this many bits.
 pub const MAX_BLOCKS: usize = 1024;
 const MAX_SPAN_PAGES: usize = 8;
-const CACHE_BYTES: usize = 32 * 1024;
-const CACHE_MIN: usize = 8;
-const CACHE_MAX: usize = 128;
+/// Bounds on a thread cache's capacity per class (the byte budget is an option).
+pub const CACHE_MIN: usize = 8;
+pub const CACHE_MAX: usize = 128;
+
 
 const fn size_of_class(c: usize) -> usize {
     if c < 8 {
@@ -61,29 +61,19 @@ pub struct ClassInfo {
     pub blocks: u16,
     /// Pages (of PAGE_SIZE) per span.
     pub pages: u8,
-    /// Thread-cache capacity for the class; refills and flushes move half of it.
-    pub cache_cap: u16,
 }
 
 const fn build_classes() -> [ClassInfo; NCLASSES] {
-    let mut t = [ClassInfo { size: 0, magic: 0, blocks: 0, pages: 0, cache_cap: 0 }; NCLASSES];
+    let mut t = [ClassInfo { size: 0, magic: 0, blocks: 0, pages: 0 }; NCLASSES];
     let mut c = 0;
     while c < NCLASSES {
         let s = size_of_class(c);
         let pages = pages_of_class(c);
-        let mut cap = CACHE_BYTES / s;
-        if cap < CACHE_MIN {
-            cap = CACHE_MIN;
-        }
-        if cap > CACHE_MAX {
-            cap = CACHE_MAX;
-        }
         t[c] = ClassInfo {
             size: s as u32,
             magic: (((1u64 << 32) + s as u64 - 1) / s as u64) as u32,
             blocks: (pages * PAGE_SIZE / s) as u16,
             pages: pages as u8,
-            cache_cap: cap as u16,
         };
         c += 1;
     }
@@ -179,7 +169,6 @@ mod tests {
             assert!(k.blocks as usize <= MAX_BLOCKS, "class {c}");
             assert!(k.blocks >= 4, "class {c} has {} blocks", k.blocks);
             assert!((bytes - k.blocks as usize * k.size as usize) * 8 <= bytes, "class {c} tail");
-            assert!(k.cache_cap as usize >= CACHE_MIN && k.cache_cap as usize <= CACHE_MAX);
         }
     }
 

@@ -16,11 +16,11 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::arena;
-use crate::config::narenas;
+use crate::config::{narenas, TCACHE_BYTES};
 use crate::init;
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
-use crate::size_class::{CLASSES, NCLASSES};
+use crate::size_class::{CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES};
 use crate::span::Chunk;
 use crate::stats;
 use crate::tls;
@@ -38,8 +38,12 @@ pub struct TCache {
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
-    /// Link in the pool of caches of exited threads.
+    /// Link in the pool of caches of exited threads, or in the list of live caches.
     next_free: *mut TCache,
+    next_live: *mut TCache,
+    prev_live: *mut TCache,
+    /// malloc calls served per class (statistics; read racily by the report).
+    nmalloc: [u64; NCLASSES],
 }
 
 struct SyncCache(TCache);
@@ -50,26 +54,41 @@ static DEAD: SyncCache = SyncCache(TCache {
     arena: 0,
     pressure_seen: 0,
     next_free: null_mut(),
+    next_live: null_mut(),
+    prev_live: null_mut(),
+    nmalloc: [0; NCLASSES],
 });
 
-const fn stack_slots() -> usize {
-    let mut n = 0;
-    let mut c = 0;
-    while c < NCLASSES {
-        n += CLASSES[c].cache_cap as usize;
-        c += 1;
+/// Capacity of class `c`'s stack: the option's byte budget in blocks, within bounds; 0 when
+/// thread caches are off.
+fn capacity(c: usize) -> usize {
+    let budget = TCACHE_BYTES.load(Relaxed) as usize;
+    if budget == 0 {
+        0
+    } else {
+        (budget / CLASSES[c].size as usize).clamp(CACHE_MIN, CACHE_MAX)
     }
-    n
 }
-const TCACHE_BYTES: usize =
-    (core::mem::size_of::<TCache>() + stack_slots() * 8 + OS_PAGE - 1) & !(OS_PAGE - 1);
 
-struct Retired {
-    head: *mut TCache,
+/// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
+/// since the options are read once).
+fn mapping_len() -> usize {
+    let slots: usize = (0..NCLASSES).map(capacity).sum();
+    (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
-// SAFETY: retired caches belong to no thread; they are reached only under this lock.
-unsafe impl Send for Retired {}
-static RETIRED: Mutex<Retired> = Mutex::new(Retired { head: null_mut() });
+
+struct Caches {
+    /// Caches of exited threads, for reuse.
+    retired: *mut TCache,
+    /// Caches of live threads (for the statistics report).
+    live: *mut TCache,
+    /// malloc calls per class served by caches that have since retired.
+    nmalloc_retired: [u64; NCLASSES],
+}
+// SAFETY: the lists are only walked and changed under this lock.
+unsafe impl Send for Caches {}
+static CACHES: Mutex<Caches> =
+    Mutex::new(Caches { retired: null_mut(), live: null_mut(), nmalloc_retired: [0; NCLASSES] });
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]
@@ -100,6 +119,7 @@ pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
         }
         bin.count -= 1;
         let p = *bin.stack.add(bin.count as usize);
+        (*tc).nmalloc[c] += 1;
         // The block leaves the free state: clear its double-free mark.
         *(p as *mut u64).add(1) = 0;
         p
@@ -132,14 +152,14 @@ pub fn get_or_create() -> *mut TCache {
     }
     init::ensure();
     let tc = {
-        let mut r = RETIRED.lock();
-        let t = r.head;
+        let mut r = CACHES.lock();
+        let t = r.retired;
         if !t.is_null() {
-            r.head = cache_ref(t).next_free;
+            r.retired = cache_ref(t).next_free;
         }
         t
     };
-    let tc = if tc.is_null() { os::map(TCACHE_BYTES) as *mut TCache } else { tc };
+    let tc = if tc.is_null() { os::map(mapping_len()) as *mut TCache } else { tc };
     if tc.is_null() {
         return dead();
     }
@@ -147,7 +167,7 @@ pub fn get_or_create() -> *mut TCache {
     let mut stack = (tc as usize + core::mem::size_of::<TCache>()) as *mut *mut u8;
     for (c, bin) in t.bins.iter_mut().enumerate() {
         bin.count = 0;
-        bin.cap = CLASSES[c].cache_cap as u32;
+        bin.cap = capacity(c) as u32;
         bin.stack = stack;
         // SAFETY: the stacks are laid out back to back inside the TCACHE_BYTES mapping.
         stack = unsafe { stack.add(bin.cap as usize) };
@@ -155,6 +175,16 @@ pub fn get_or_create() -> *mut TCache {
     t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
+    t.nmalloc = [0; NCLASSES];
+    {
+        let mut r = CACHES.lock();
+        t.prev_live = null_mut();
+        t.next_live = r.live;
+        if !r.live.is_null() {
+            cache_ref(r.live).prev_live = tc;
+        }
+        r.live = tc;
+    }
     tls::set(tc as *mut u8);
     init::register_thread_cache(tc as *mut u8);
     stats::add_threads(1);
@@ -181,6 +211,9 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     let t = cache_ref(tc);
     let a = t.arena;
     let bin = &mut t.bins[c];
+    if bin.cap == 0 {
+        return take_one(a, c);
+    }
     let want = (bin.cap as usize / 2).max(1);
     // SAFETY: the stack has `cap` slots and is empty here (count == 0).
     let out = unsafe { core::slice::from_raw_parts_mut(bin.stack, want) };
@@ -193,6 +226,18 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     out[..got].reverse();
     bin.count = got as u32;
     pop(tc, c)
+}
+
+/// One block straight from arena `a`, for threads without a cache (or caches turned off).
+pub fn take_one(a: usize, c: usize) -> *mut u8 {
+    let mut one = [null_mut()];
+    if arena::lock(a).take_small(a, c, &mut one) == 1 {
+        // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
+        unsafe { *(one[0] as *mut u64).add(1) = 0 };
+        one[0]
+    } else {
+        null_mut()
+    }
 }
 
 /// Flushes the older `n` blocks of class `c` to their spans.
@@ -287,9 +332,38 @@ pub fn retire(tc: *mut TCache) {
     }
     flush_all(tc);
     stats::add_threads(-1);
-    let mut r = RETIRED.lock();
-    cache_ref(tc).next_free = r.head;
-    r.head = tc;
+    let mut r = CACHES.lock();
+    let t = cache_ref(tc);
+    for c in 0..NCLASSES {
+        r.nmalloc_retired[c] += t.nmalloc[c];
+    }
+    if t.prev_live.is_null() {
+        r.live = t.next_live;
+    } else {
+        cache_ref(t.prev_live).next_live = t.next_live;
+    }
+    if !t.next_live.is_null() {
+        cache_ref(t.next_live).prev_live = t.prev_live;
+    }
+    t.next_free = r.retired;
+    r.retired = tc;
+}
+
+/// malloc calls per class served through thread caches, live and retired (racy reads of
+/// other threads' counters: approximate, never torn).
+pub fn requests() -> [u64; NCLASSES] {
+    let r = CACHES.lock();
+    let mut n = r.nmalloc_retired;
+    let mut t = r.live;
+    while !t.is_null() {
+        let tc = cache_ref(t);
+        for (c, v) in n.iter_mut().enumerate() {
+            // SAFETY: an aligned u64 read; the owner may be incrementing it concurrently.
+            *v += unsafe { core::ptr::read_volatile(&tc.nmalloc[c]) };
+        }
+        t = tc.next_live;
+    }
+    n
 }
 
 /// Walks this thread's cache: every cached block must be a block of its class that its span
@@ -320,11 +394,11 @@ pub fn check_current() {
 }
 
 pub fn fork_prepare() {
-    RETIRED.lock_forever();
+    CACHES.lock_forever();
 }
 pub fn fork_parent() {
-    RETIRED.force_unlock();
+    CACHES.force_unlock();
 }
 pub fn fork_child() {
-    RETIRED.reset_in_child();
+    CACHES.reset_in_child();
 }
