@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIB := target/release/librsmalloc.so
 PREFIX ?= /usr/local
 
-.PHONY: all lib setup test unit-test c-tests real-programs bench bench-programs instructions clean
+.PHONY: all lib setup test unit-test c-tests real-programs rust-example options-test bench bench-programs instructions install clean
 
 all: lib c-tests-build bench-programs
 
@@ -29,7 +29,13 @@ c-tests: lib c-tests-build
 real-programs: lib
 	bash scripts/real-programs.sh
 
-test: setup lib unit-test c-tests real-programs
+rust-example:
+	$(CARGO) run --release --example global_alloc
+
+options-test: lib
+	bash scripts/options-test.sh
+
+test: setup lib unit-test c-tests real-programs rust-example options-test
 	@echo "make test: all suites passed"
 
 bench: setup lib bench-programs
@@ -37,6 +43,15 @@ bench: setup lib bench-programs
 
 instructions: lib bench-programs
 	bash scripts/instructions.sh
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librsmalloc.so
+	install -m 644 include/rsmalloc.h $(DESTDIR)$(PREFIX)/include/rsmalloc.h
+	install -m 755 scripts/rsmalloc-run $(DESTDIR)$(PREFIX)/bin/rsmalloc-run
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' scripts/rsmalloc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/rsmalloc.pc
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,7 @@
 //! The exported C functions: argument checks, overflow, errno — glibc's semantics — and no
-//! allocator logic. In this crate's own unit tests the symbols are not exported, so the test
-//! harness keeps the system allocator while it exercises the internals.
+//! allocator logic. The symbols are exported with the `export` feature (on by default); in
+//! this crate's own unit tests they are not, so the test harness keeps the system allocator
+//! while it exercises the internals.
 
 use core::ffi::{c_char, c_int, c_void};
 
@@ -26,7 +27,7 @@ fn checked(p: *mut u8) -> *mut c_void {
     }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
     if size > PTRDIFF_MAX {
         return enomem();
@@ -34,14 +35,14 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
     checked(heap::malloc(size))
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn free(p: *mut c_void) {
     if !p.is_null() {
         heap::free(p as *mut u8);
     }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         Some(total) if total <= PTRDIFF_MAX => checked(heap::calloc(total)),
@@ -49,7 +50,7 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return malloc(size);
@@ -65,7 +66,7 @@ pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     checked(heap::realloc(p as *mut u8, size))
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         Some(total) => realloc(p, total),
@@ -80,7 +81,7 @@ fn memalign_impl(align: usize, size: usize) -> *mut c_void {
     checked(heap::malloc_aligned(align, size))
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     // glibc: an alignment that cannot be a power of two is EINVAL; others round up.
     if align > usize::MAX / 2 + 1 {
@@ -90,7 +91,7 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     memalign_impl(align.max(1).next_power_of_two(), size)
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     // glibc >= 2.38 (and C17 DR 460): the alignment must be a power of two.
     if !align.is_power_of_two() {
@@ -102,7 +103,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 
 /// # Safety
 /// `memptr` must be valid for a pointer-sized write.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
@@ -116,12 +117,12 @@ pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: usize, 
     0
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
     memalign_impl(OS_PAGE, size)
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     match size.max(1).checked_add(OS_PAGE - 1) {
         Some(s) => memalign_impl(OS_PAGE, s & !(OS_PAGE - 1)),
@@ -129,7 +130,7 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         return 0;
@@ -138,7 +139,7 @@ pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 }
 
 /// C23: free with the size the block was requested with.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn free_sized(p: *mut c_void, size: usize) {
     if p.is_null() {
         return;
@@ -150,7 +151,7 @@ pub extern "C" fn free_sized(p: *mut c_void, size: usize) {
 }
 
 /// C23: free with the alignment and size the block was requested with.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) {
     if p.is_null() {
         return;
@@ -171,7 +172,7 @@ pub fn version_bytes() -> &'static [u8] {
 
 /// The library's name and version, e.g. "rsmalloc 0.1.0" (tests look it up with dlsym to
 /// prove rsmalloc is the allocator in use).
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn rsmalloc_version() -> *const c_char {
     VERSION.as_ptr() as *const c_char
 }
@@ -181,7 +182,7 @@ pub extern "C" fn rsmalloc_version() -> *const c_char {
 ///
 /// # Safety
 /// `out` must be null or valid for a write of `struct rsmalloc_stats`.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub unsafe extern "C" fn rsmalloc_stats(out: *mut stats::Snapshot) -> c_int {
     if out.is_null() {
         return -1;
@@ -193,14 +194,14 @@ pub unsafe extern "C" fn rsmalloc_stats(out: *mut stats::Snapshot) -> c_int {
 
 /// Walks every arena and the calling thread's cache, checking that bitmaps, counts and lists
 /// agree; stops the process with a message on the first inconsistency. Returns 0.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn rsmalloc_check() -> c_int {
     heap::check();
     0
 }
 
 /// glibc's malloc_stats: the statistics report on stderr.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc_stats() {
     stats::write_report(&mut Writer::new(Sink::Stderr));
 }
@@ -223,7 +224,7 @@ pub struct Mallinfo2 {
 /// glibc's mallinfo2, filled from rsmalloc's counters: `arena` = bytes mapped for chunks,
 /// `hblks`/`hblkhd` = huge mappings and their bytes, `uordblks` = bytes in active pages,
 /// `fordblks` = mapped chunk bytes not active.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn mallinfo2() -> Mallinfo2 {
     let s = stats::snapshot();
     let chunks = s.mapped - s.huge;
@@ -243,7 +244,7 @@ pub extern "C" fn mallinfo2() -> Mallinfo2 {
 
 /// glibc's malloc_trim: purges every free page now (and this thread's cached blocks);
 /// returns 1 if memory was released. `pad` is accepted and ignored.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     (heap::trim() > 0) as c_int
 }
@@ -252,7 +253,7 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 ///
 /// # Safety
 /// `stream` must be a valid `FILE*` open for writing.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
     if options != 0 || stream.is_null() {
         set_errno(libc::EINVAL);

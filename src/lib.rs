@@ -9,6 +9,7 @@
 pub mod abi;
 mod arena;
 pub mod config;
+mod global;
 mod heap;
 mod huge;
 mod init;
@@ -21,3 +22,5 @@ mod span;
 pub mod stats;
 mod tcache;
 mod tls;
+
+pub use global::RsMalloc;
