@@ -4,7 +4,7 @@ CARGO ?= cargo
 LIB := target/release/librsmalloc.so
 PREFIX ?= /usr/local
 
-.PHONY: all lib setup test unit-test c-tests real-programs rust-example options-test bench bench-programs instructions install clean
+.PHONY: all lib setup test unit-test c-tests real-programs rust-example options-test cxx-test bench bench-programs instructions install clean
 
 all: lib c-tests-build bench-programs
 
@@ -35,7 +35,10 @@ rust-example:
 options-test: lib
 	bash scripts/options-test.sh
 
-test: setup lib unit-test c-tests real-programs rust-example options-test
+cxx-test: lib
+	bash scripts/cxx-test.sh
+
+test: setup lib unit-test c-tests real-programs rust-example options-test cxx-test
 	@echo "make test: all suites passed"
 
 bench: setup lib bench-programs

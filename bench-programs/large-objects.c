@@ -7,7 +7,7 @@
  * freed). Checksum: sum over items of the final size and the bytes read. */
 #include "common.h"
 
-#define DEFAULT_N 1000L
+#define DEFAULT_N 700L
 #define LIVE 4
 #define PAGE 4096
 #define MAXSZ ((size_t)32 << 20)

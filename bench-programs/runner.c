@@ -51,6 +51,7 @@ int main(int argc, char **argv) {
     if (pid == 0) {
         setpgid(0, 0);
         if (preload && *preload) setenv("LD_PRELOAD", preload, 1);
+        else unsetenv("LD_PRELOAD"); /* the system-malloc baseline must not inherit one */
         if (out) {
             int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
             if (fd < 0 || dup2(fd, 1) < 0) { perror("runner: open output"); _exit(126); }

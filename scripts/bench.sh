@@ -76,13 +76,20 @@ find_lib() { # find_lib NAME...: first of the given sonames known to the dynamic
   done
   return 1
 }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/rsmalloc-bench.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
 declare -A LIB=()
+RS_INFO=""
 ACTIVE=()
 MISSING=()
 for a in $ALLOCATORS; do
   case $a in
     glibc)    p="" ;;
-    rsmalloc) p=$RSMALLOC_LIB; [ -r "$p" ] || p="" ;;
+    rsmalloc) p=""
+              if [ -r "$RSMALLOC_LIB" ]; then # snapshot it: a rebuild during the run must not mix builds
+                RS_INFO="$(basename "$RSMALLOC_LIB") built $(date -r "$RSMALLOC_LIB" '+%Y-%m-%d %H:%M:%S'), sha256 $(sha256sum "$RSMALLOC_LIB" | cut -c1-12)"
+                cp "$RSMALLOC_LIB" "$TMP/librsmalloc.so" && p=$TMP/librsmalloc.so
+              fi ;;
     jemalloc) p=$(find_lib libjemalloc.so.2 libjemalloc.so) || p="" ;;
     tcmalloc) p=$(find_lib libtcmalloc_minimal.so.4 libtcmalloc.so.4 libtcmalloc_minimal.so) || p="" ;;
     mimalloc) p=$(find_lib libmimalloc.so.2 libmimalloc.so.2.0 libmimalloc.so.2.1 libmimalloc.so) || p="" ;;
@@ -101,6 +108,7 @@ for a in $ALLOCATORS; do
 done
 [ "${#ACTIVE[@]}" -gt 0 ] || { say "no allocator to run"; exit 1; }
 for a in "${ACTIVE[@]}"; do say "$(printf '%-9s %s' "$a" "${LIB[$a]:-(system malloc, no preload)}")"; done
+[ -n "$RS_INFO" ] && say "rsmalloc: $RSMALLOC_LIB ($RS_INFO), copied to $TMP"
 
 # --- sizes ----------------------------------------------------------------------
 declare -A SIZE=()
@@ -113,8 +121,6 @@ done
 
 # --- run ------------------------------------------------------------------------
 mkdir -p "$OUT"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/rsmalloc-bench.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
 CSV=$OUT/latest.csv.tmp
 FAILLOG=$OUT/latest-failures.log
 echo "program,threads,allocator,run,wall_s,cpu_s,maxrss_kb,status,size,checksum" >"$CSV"
@@ -123,6 +129,7 @@ declare -A REF=()     # program -> glibc checksum (checksums do not depend on th
 nthr=$(wc -w <<<"$THREADS"); nprog=$(wc -w <<<"$PROGRAMS")
 total=$(( RUNS * nprog * nthr * ${#ACTIVE[@]} ))
 say "$nprog programs x $nthr thread counts x ${#ACTIVE[@]} allocators x $RUNS runs = $total runs (timeout ${TIMEOUT}s each, sizes / $SCALE)"
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 start=$(date +%s)
 i=0; nfail=0
 for run in $(seq 1 "$RUNS"); do
@@ -160,7 +167,8 @@ for run in $(seq 1 "$RUNS"); do
           nfail=$((nfail + 1))
           {
             echo "=== $p threads=$t allocator=$a run=$run size=${SIZE[$p]}: $status (wall ${wall:-?}s)"
-            echo "command: LD_PRELOAD=${LIB[$a]} $BUILD/$p $t ${SIZE[$p]}"
+            shown=${LIB[$a]}; [ "$a" = rsmalloc ] && shown=$RSMALLOC_LIB
+            echo "command: LD_PRELOAD=$shown $BUILD/$p $t ${SIZE[$p]}"
             [ "$status" = FAIL:checksum ] && echo "checksum $sum, glibc $p checksum ${REF[$p]}"
             echo "stdout: $(head -c 300 "$out" 2>/dev/null)"
             echo "stderr (last lines):"; tail -n 5 "$err" 2>/dev/null
@@ -175,13 +183,18 @@ for run in $(seq 1 "$RUNS"); do
 done
 mv "$CSV" "$OUT/latest.csv"
 el=$(( $(date +%s) - start ))
-say "done: $total runs in ${el}s, $nfail FAIL (details: $FAILLOG)"
-[ "$nfail" = 0 ] && rm -f "$FAILLOG"
+if [ "$nfail" = 0 ]; then
+  say "done: $total runs in ${el}s, no FAIL"
+  rm -f "$FAILLOG"
+else
+  say "done: $total runs in ${el}s, $nfail FAIL (details: $FAILLOG)"
+fi
 
 # --- report -----------------------------------------------------------------------
 if command -v python3 >/dev/null 2>&1; then
   python3 "$ROOT/scripts/bench_report.py" --csv "$OUT/latest.csv" --out "$OUT" \
     --missing "${MISSING[*]:-}" --elapsed "$el" --runs "$RUNS" --scale "$SCALE" \
+    --rsmalloc "$RS_INFO" --load "$LOAD0 at start, $(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo "?") at end" \
     || say "bench_report.py failed"
 else
   say "python3 missing: wrote $OUT/latest.csv only"

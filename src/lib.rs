@@ -5,10 +5,14 @@
 //! `huge`; `pagemap` maps addresses to their owners; `init` runs the process and thread life
 //! cycle. See `config` for the layout's vocabulary.
 #![deny(unsafe_op_in_unsafe_fn)]
+// The C++ operator names are mangled symbols, not Rust names.
+#![allow(non_snake_case)]
 
 pub mod abi;
 mod arena;
 pub mod config;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod cxx;
 mod global;
 mod heap;
 mod huge;
