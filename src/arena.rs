@@ -32,6 +32,8 @@ pub struct ArenaState {
     dirtied: usize,
     /// Pages holding spans or large objects.
     pub active: usize,
+    /// Most active pages since the current purge epoch began.
+    epoch_peak: usize,
     /// Statistics per class: blocks handed to caches, blocks returned, spans in use.
     pub taken: [u64; NCLASSES],
     pub returned: [u64; NCLASSES],
@@ -53,6 +55,7 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     epoch_start: 0,
     dirtied: 0,
     active: 0,
+    epoch_peak: 0,
     taken: [0; NCLASSES],
     returned: [0; NCLASSES],
     spans: [0; NCLASSES],
@@ -78,9 +81,11 @@ pub fn pressure_events() -> usize {
     PRESSURE.load(Relaxed)
 }
 
-/// Dirty pages an arena may keep beyond 1/8 of its active pages before it purges at once
-/// (1 MiB): bounds what a program that frees everything leaves resident, with hysteresis.
-const DIRTY_MIN_PAGES: usize = (1 << 20) / crate::config::PAGE_SIZE;
+/// Dirty pages an arena keeps, whatever happens, until its purge epoch ends (2 MiB). Beyond
+/// it, a heap that shrinks to a quarter of its epoch's peak is purged at once, so a program
+/// that frees everything gets its memory back even if it then stays idle, while a working
+/// set that is freed and reused (churn) is left to the epochs.
+const DIRTY_MIN_PAGES: usize = (2 << 20) / crate::config::PAGE_SIZE;
 
 pub fn lock(a: usize) -> Guard<'static, ArenaState> {
     ARENAS[a % MAX_ARENAS].0.lock()
@@ -176,9 +181,12 @@ impl ArenaState {
         self.dirtied += chunk_ref(c).free_pages(idx, n);
         self.active -= n;
         stats::add_active_pages(-(n as isize));
-        if self.dirtied > DIRTY_MIN_PAGES.max(self.active / 8) {
+        if self.dirtied > DIRTY_MIN_PAGES && self.active < self.epoch_peak / 4 {
+            // The heap shrank to a quarter of its size within this epoch: a bulk free, not
+            // churn. Give the pages back now; the program may stay idle from here on.
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
+            self.epoch_peak = self.active;
         } else {
             self.tick();
         }
@@ -186,6 +194,7 @@ impl ArenaState {
 
     fn count_active(&mut self, n: usize) {
         self.active += n;
+        self.epoch_peak = self.epoch_peak.max(self.active);
         stats::add_active_pages(n as isize);
     }
 
@@ -304,6 +313,7 @@ impl ArenaState {
         let now = os::now_ns();
         if now.wrapping_sub(self.epoch_start) >= PURGE_EPOCH_NS.load(Relaxed) {
             self.epoch_start = now;
+            self.epoch_peak = self.active;
             self.purge(false);
         }
     }

@@ -71,7 +71,7 @@ struct Cache {
 const CACHE_SLOTS: usize = 16;
 /// The cache holds at most max(CACHE_MIN_BYTES, live huge bytes / 2): a program that frees
 /// everything keeps at most this much resident.
-const CACHE_MIN_BYTES: usize = 8 << 20;
+const CACHE_MIN_BYTES: usize = 4 << 20;
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
     e: [Cached { base: 0, map_len: 0, freed_at: 0 }; CACHE_SLOTS],
     n: 0,

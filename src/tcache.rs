@@ -38,6 +38,8 @@ pub struct TCache {
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
+    /// Frees bypass the cache (every capacity 0) until this thread allocates again.
+    draining: bool,
     /// Link in the pool of caches of exited threads, or in the list of live caches.
     next_free: *mut TCache,
     next_live: *mut TCache,
@@ -53,6 +55,7 @@ static DEAD: SyncCache = SyncCache(TCache {
     bins: [const { Bin { count: 0, cap: 0, stack: null_mut() } }; NCLASSES],
     arena: 0,
     pressure_seen: 0,
+    draining: false,
     next_free: null_mut(),
     next_live: null_mut(),
     prev_live: null_mut(),
@@ -175,6 +178,7 @@ pub fn get_or_create() -> *mut TCache {
     t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
+    t.draining = false;
     t.nmalloc = [0; NCLASSES];
     {
         let mut r = CACHES.lock();
@@ -208,6 +212,9 @@ pub fn arena_of(tc: *mut TCache) -> usize {
 /// Refills class `c` and pops one block; null when memory is exhausted.
 #[inline(never)]
 pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
+    if cache_ref(tc).draining {
+        set_draining(tc, false);
+    }
     let t = cache_ref(tc);
     let a = t.arena;
     let bin = &mut t.bins[c];
@@ -281,22 +288,37 @@ pub fn return_blocks(blocks: &mut [*mut u8]) {
 pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
     let tc = get_or_create();
     if is_live(tc) {
-        if push(tc, c, p, secret) {
-            return;
-        }
-        let cap = cache_ref(tc).bins[c].cap as usize;
-        flush(tc, c, (cap / 2).max(1));
         let events = arena::pressure_events();
         if events != cache_ref(tc).pressure_seen {
+            // Some arena's heap just shrank in bulk: the program is freeing, not churning.
+            // Drain this cache and stop caching frees until the thread allocates again, so
+            // that cached blocks do not keep otherwise empty spans resident.
             cache_ref(tc).pressure_seen = events;
             flush_all(tc);
+            set_draining(tc, true);
         }
         if push(tc, c, p, secret) {
             return;
+        }
+        if !cache_ref(tc).draining {
+            let cap = cache_ref(tc).bins[c].cap as usize;
+            flush(tc, c, (cap / 2).max(1));
+            if push(tc, c, p, secret) {
+                return;
+            }
         }
     }
     let mut one = [p];
     return_blocks(&mut one);
+}
+
+/// Turns caching of frees off (every capacity 0) or back on.
+fn set_draining(tc: *mut TCache, on: bool) {
+    let t = cache_ref(tc);
+    t.draining = on;
+    for (c, bin) in t.bins.iter_mut().enumerate() {
+        bin.cap = if on { 0 } else { capacity(c) as u32 };
+    }
 }
 
 /// Whether `p` sits in this thread's cache of class `c` (for the double-free check).
@@ -331,6 +353,10 @@ pub fn retire(tc: *mut TCache) {
         return;
     }
     flush_all(tc);
+    // A thread's exit is the moment its memory is least likely to be reused soon: purge its
+    // arena now rather than leave it to later activity.
+    let a = cache_ref(tc).arena;
+    arena::lock(a).purge(true);
     stats::add_threads(-1);
     let mut r = CACHES.lock();
     let t = cache_ref(tc);
