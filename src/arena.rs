@@ -374,7 +374,7 @@ impl ArenaState {
         let mut spans_listed = [0usize; NCLASSES];
         while !c.is_null() {
             let ch = chunk_ref(c);
-            if ch.arena as usize != arena || pagemap::lookup(c as usize) != c as usize | pagemap::KIND_CHUNK {
+            if ch.arena as usize != arena || pagemap::lookup(ch.base()) != ch.base() | pagemap::KIND_CHUNK {
                 fatal("check", "chunk not owned or not mapped", c as usize);
             }
             let mut free_pages = 0;
@@ -423,6 +423,20 @@ impl ArenaState {
     }
 }
 
+/// Small blocks of class `c` from arena `first`, or, when it cannot get memory (address space
+/// exhausted), from any other arena that still has free blocks: memory one thread freed stays
+/// usable by every thread.
+pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8]) -> usize {
+    let n = narenas();
+    (0..n).map(|i| (first + i) % n).map(|a| lock(a).take_small(a, c, out)).find(|&got| got > 0).unwrap_or(0)
+}
+
+/// A large object from arena `first` or, failing that, from any other arena's free pages.
+pub fn alloc_large_anywhere(first: usize, npages: usize, align: usize) -> Option<(*mut u8, bool)> {
+    let n = narenas();
+    (0..n).map(|i| (first + i) % n).find_map(|a| lock(a).alloc_large(a, npages, align))
+}
+
 /// A chunk for `arena`: from the pool, or freshly mapped and registered.
 fn new_chunk(arena: usize) -> Option<*mut Chunk> {
     {
@@ -468,8 +482,9 @@ fn release_chunk(c: *mut Chunk) {
 }
 
 fn unmap_chunk(c: *mut Chunk) {
-    pagemap::unregister(c as usize, CHUNK_SIZE);
-    os::unmap(c as *mut u8, CHUNK_SIZE);
+    let base = chunk_ref(c).base();
+    pagemap::unregister(base, CHUNK_SIZE);
+    os::unmap(base as *mut u8, CHUNK_SIZE);
     stats::add_mapped(-(CHUNK_SIZE as isize));
 }
 

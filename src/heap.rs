@@ -25,17 +25,18 @@ const LARGE_ALIGN_MAX: usize = 1 << 20;
 pub enum Located {
     /// The start of a small block of this class.
     Small(usize),
-    /// The start of a large object: its chunk and first page.
+    /// The start of a large object: its chunk's base and first page.
     Large(usize, usize),
     /// A huge object whose mapping (and header) starts here.
     Huge(usize),
     Invalid,
 }
 
-fn chunk_ref<'a>(c: usize) -> &'a Chunk {
+/// The header of the chunk mapped at `base`.
+fn chunk_ref<'a>(base: usize) -> &'a Chunk {
     // SAFETY: callers pass a chunk base taken from a page-map entry of kind chunk, which is
-    // only set while the chunk is mapped.
-    unsafe { &*(c as *const Chunk) }
+    // only set while the chunk (and so its header) is mapped.
+    unsafe { &*Chunk::at_base(base) }
 }
 
 /// The class of `a` when it is the start of a small block of ours — the whole validation of
@@ -168,7 +169,7 @@ fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
             let npages = size.div_ceil(PAGE_SIZE);
             let a = tcache::arena_of(tcache::current());
-            let got = arena::lock(a).alloc_large(a, npages, (align / PAGE_SIZE).max(1));
+            let got = arena::alloc_large_anywhere(a, npages, (align / PAGE_SIZE).max(1));
             match got {
                 Some((p, was_zero)) => {
                     if zero && !was_zero {
@@ -267,7 +268,7 @@ pub fn free_checked(p: *mut u8, func: &str) {
         }
         Located::Large(c, idx) => {
             let arena = chunk_ref(c).arena as usize;
-            arena::lock(arena).free_large(c as *mut Chunk, idx);
+            arena::lock(arena).free_large(Chunk::at_base(c), idx);
         }
         Located::Huge(base) => huge::free(base, a, func),
         Located::Invalid => fatal(func, "invalid pointer", a),
@@ -328,7 +329,7 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
             if size <= LARGE_MAX {
                 let arena = chunk_ref(c).arena as usize;
                 let npages = size.div_ceil(PAGE_SIZE);
-                if arena::lock(arena).resize_large(c as *mut Chunk, idx, npages).is_some() {
+                if arena::lock(arena).resize_large(Chunk::at_base(c), idx, npages).is_some() {
                     return p;
                 }
             }

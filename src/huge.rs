@@ -19,7 +19,8 @@ use crate::stats;
 
 #[repr(C)]
 struct Header {
-    /// `secret ^ base`: detects a header overwritten by a write before the block.
+    /// A keyed hash of the base and the fields below: a header overwritten by a stray write
+    /// (an underflow of the block, an overflow of the mapping below) is detected, not obeyed.
     canary: u64,
     map_len: usize,
     user_off: usize,
@@ -27,13 +28,28 @@ struct Header {
     base_align: usize,
 }
 
-fn canary(base: usize) -> u64 {
-    crate::init::secret() ^ base as u64
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 31)).wrapping_mul(0x7fb5d329728ea185);
+    x = (x ^ (x >> 27)).wrapping_mul(0x81dadef4bc2dd44d);
+    x ^ (x >> 33)
 }
 
-/// The canary of a mapping waiting in the cache (freed).
-fn freed_canary(base: usize) -> u64 {
-    !canary(base)
+fn canary_of(base: usize, h: &Header) -> u64 {
+    let secret = crate::init::secret();
+    mix(secret ^ base as u64)
+        ^ mix(secret.rotate_left(17) ^ h.map_len as u64)
+        ^ mix(secret.rotate_left(31) ^ h.user_off as u64)
+        ^ mix(secret.rotate_left(47) ^ h.base_align as u64)
+}
+
+/// Recomputes a live header's canary after its fields changed.
+fn seal(base: usize, h: &mut Header) {
+    h.canary = canary_of(base, h);
+}
+
+/// Marks a header as belonging to a freed mapping (waiting in the cache).
+fn seal_freed(base: usize, h: &mut Header) {
+    h.canary = !canary_of(base, h);
 }
 
 fn header_of<'a>(base: usize) -> &'a mut Header {
@@ -44,8 +60,9 @@ fn header_of<'a>(base: usize) -> &'a mut Header {
 
 fn header<'a>(base: usize, p: usize, func: &str) -> &'a mut Header {
     let h = header_of(base);
-    if h.canary != canary(base) {
-        if h.canary == freed_canary(base) {
+    let expect = canary_of(base, h);
+    if h.canary != expect {
+        if h.canary == !expect {
             fatal(func, "double free", p);
         }
         fatal(func, "corrupted block header at", p);
@@ -138,8 +155,8 @@ fn take_cached(need: usize) -> Option<usize> {
         shrink_mapping(c.base, c.map_len, need);
     }
     let h = header_of(c.base);
-    h.canary = canary(c.base);
     h.map_len = need;
+    seal(c.base, h);
     Some(c.base + h.user_off)
 }
 
@@ -212,14 +229,8 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     // SAFETY: the mapping is fresh and at least one page long; the header fits in it.
-    unsafe {
-        (base as *mut Header).write(Header {
-            canary: canary(base as usize),
-            map_len,
-            user_off,
-            base_align,
-        })
-    };
+    unsafe { (base as *mut Header).write(Header { canary: 0, map_len, user_off, base_align }) };
+    seal(base as usize, header_of(base as usize));
     stats::add_huge(map_len as isize, 1);
     CACHE.lock().live += map_len;
     (base as usize + user_off) as *mut u8
@@ -240,7 +251,7 @@ pub fn free(base: usize, p: usize, func: &str) {
         fatal(func, "invalid pointer", p);
     }
     let len = h.map_len;
-    h.canary = freed_canary(base);
+    seal_freed(base, h);
     let now = os::now_ns();
     let mut cache = CACHE.lock();
     cache.live -= len.min(cache.live);
@@ -274,12 +285,14 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
         if new_len < old_len {
             shrink_mapping(base, old_len, new_len);
             h.map_len = new_len;
+            seal(base, h);
         }
         return p as *mut u8;
     }
     if os::remap_in_place(base as *mut u8, old_len, new_len) {
         if pagemap::register(base, new_len, base | pagemap::KIND_HUGE) {
             h.map_len = new_len;
+            seal(base, h);
             account_resize(old_len, new_len);
             return p as *mut u8;
         }
@@ -307,8 +320,8 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     }
     // SAFETY: the header moved with the first page of the mapping, now at `t`.
     let nh = unsafe { &mut *(t as *mut Header) };
-    nh.canary = canary(t);
     nh.map_len = new_len;
+    seal(t, nh);
     account_resize(old_len, new_len);
     (t + user_off) as *mut u8
 }

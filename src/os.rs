@@ -83,6 +83,12 @@ fn advise_thp(p: *mut u8, len: usize) {
     unsafe { libc::madvise(p as *mut libc::c_void, len, advice) };
 }
 
+/// Makes a range inaccessible (a guard: any access faults).
+pub fn protect_none(p: *mut u8, len: usize) {
+    // SAFETY: callers pass a range of a mapping of ours that holds nothing.
+    unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) };
+}
+
 /// Grows or shrinks a mapping without moving it. False when the pages after it are taken.
 pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
     // SAFETY: `p..p+old_len` is one mapping of ours; without MREMAP_MAYMOVE nothing else moves.

@@ -1,8 +1,9 @@
 //! Chunks, pages and spans: the memory layout under the arenas.
 //!
-//! A chunk is a 4 MiB-aligned mapping of 256 pages of 16 KiB. Its first HEADER_PAGES pages
-//! hold this header, so all metadata lives out of line, where no user overflow can reach it
-//! through a block: per page, a two-byte `PageInfo` (what the page holds and where its span
+//! A chunk is a 4 MiB-aligned mapping of 256 pages of 16 KiB. Its first OS page is a guard
+//! (no access), so a block overflowing the end of the chunk mapped below faults instead of
+//! rewriting this chunk's metadata. The header follows the guard in the first HEADER_PAGES
+//! pages, so all metadata lives out of line, away from the blocks: per page, a two-byte `PageInfo` (what the page holds and where its span
 //! starts), bitmaps of free and dirty pages, and one `Span` descriptor per page (only the
 //! first page of a span uses its descriptor).
 //!
@@ -73,9 +74,12 @@ pub struct Chunk {
     pub spans: [Span; PAGES_PER_CHUNK],
 }
 
-pub const HEADER_PAGES: usize = (core::mem::size_of::<Chunk>() + PAGE_SIZE - 1) / PAGE_SIZE;
+/// The inaccessible first OS page of every chunk; the header starts after it.
+pub const CHUNK_GUARD: usize = crate::os::OS_PAGE;
+pub const HEADER_PAGES: usize =
+    (CHUNK_GUARD + core::mem::size_of::<Chunk>() + PAGE_SIZE - 1) / PAGE_SIZE;
 pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
-const _: () = assert!(HEADER_PAGES <= 4);
+const _: () = assert!(HEADER_PAGES <= 3, "the header grew: usable pages shrink");
 const _: () = assert!(PAGES_PER_CHUNK <= 256, "PageInfo::head is a byte");
 
 #[inline(always)]
@@ -114,13 +118,15 @@ fn next_with(map: &[u64; MAP_WORDS], from: usize, want: bool) -> Option<usize> {
 }
 
 impl Chunk {
-    /// Lays a header over a fresh (zeroed) chunk mapping.
+    /// Lays a header over a fresh (zeroed) chunk mapping and makes its guard page
+    /// inaccessible.
     ///
     /// # Safety
     /// `base` must be a zero-filled, CHUNK_SIZE-aligned mapping of CHUNK_SIZE bytes that
     /// nothing else uses.
     pub unsafe fn init(base: *mut u8, arena: u32) -> *mut Chunk {
-        let c = base as *mut Chunk;
+        crate::os::protect_none(base, CHUNK_GUARD);
+        let c = (base as usize + CHUNK_GUARD) as *mut Chunk;
         // SAFETY: per the contract the memory is ours and zeroed, which is a valid Chunk
         // (all pages KIND_NONE, null links, empty bitmaps); we fill in the rest.
         let ch = unsafe { &mut *c };
@@ -130,15 +136,22 @@ impl Chunk {
         c
     }
 
-    /// The chunk containing `p` (which must lie in a chunk of ours).
+    /// The header of the chunk containing `p` (which must lie in a chunk of ours).
     #[inline(always)]
     pub fn of(p: usize) -> *mut Chunk {
-        (p & !(CHUNK_SIZE - 1)) as *mut Chunk
+        Self::at_base(p & !(CHUNK_SIZE - 1))
     }
 
+    /// The header of the chunk mapped at `base`.
+    #[inline(always)]
+    pub fn at_base(base: usize) -> *mut Chunk {
+        (base + CHUNK_GUARD) as *mut Chunk
+    }
+
+    /// Start of the chunk's mapping (its guard page).
     #[inline(always)]
     pub fn base(&self) -> usize {
-        self as *const Chunk as usize
+        self as *const Chunk as usize - CHUNK_GUARD
     }
 
     #[inline(always)]
@@ -383,7 +396,7 @@ mod tests {
         assert_eq!(ch.purge(false), 1);
         assert_eq!(ch.dirty_count(), 0);
         assert!(ch.alloc_pages(USABLE_PAGES, 1).is_none());
-        crate::os::unmap(ch as *mut Chunk as *mut u8, CHUNK_SIZE);
+        crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
     }
 
     #[test]
@@ -411,6 +424,6 @@ mod tests {
         assert_eq!(pi.kind, kind_of_class(c));
         assert_eq!(pi.head as usize, idx);
         assert_eq!(ch.index_of_span(s), idx);
-        crate::os::unmap(ch as *mut Chunk as *mut u8, CHUNK_SIZE);
+        crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
     }
 }

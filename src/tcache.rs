@@ -224,7 +224,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     let want = (bin.cap as usize / 2).max(1);
     // SAFETY: the stack has `cap` slots and is empty here (count == 0).
     let out = unsafe { core::slice::from_raw_parts_mut(bin.stack, want) };
-    let got = arena::lock(a).take_small(a, c, out);
+    let got = arena::take_small_anywhere(a, c, out);
     stats::count_refill();
     if got == 0 {
         return null_mut();
@@ -238,7 +238,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
 /// One block straight from arena `a`, for threads without a cache (or caches turned off).
 pub fn take_one(a: usize, c: usize) -> *mut u8 {
     let mut one = [null_mut()];
-    if arena::lock(a).take_small(a, c, &mut one) == 1 {
+    if arena::take_small_anywhere(a, c, &mut one) == 1 {
         // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
         unsafe { *(one[0] as *mut u64).add(1) = 0 };
         one[0]
