@@ -8,8 +8,10 @@ PREFIX ?= /usr/local
 
 all: lib c-tests-build bench-programs
 
+# The shared library is built as a cdylib alone: compiled together with the rlib, internal
+# symbols stay preemptible and every table and call on the fast path goes through the GOT.
 lib:
-	$(CARGO) build --release
+	$(CARGO) rustc --release --lib --crate-type cdylib
 
 setup:
 	bash scripts/setup.sh
@@ -21,7 +23,7 @@ bench-programs:
 	$(MAKE) -C bench-programs
 
 unit-test:
-	$(CARGO) test --release --features check-invariants
+	$(CARGO) test --release --features check-invariants --target-dir target/checked
 
 c-tests: lib c-tests-build
 	bash scripts/c-tests.sh
@@ -30,7 +32,7 @@ real-programs: lib
 	bash scripts/real-programs.sh
 
 rust-example:
-	$(CARGO) run --release --example global_alloc
+	$(CARGO) run --release --example global_alloc --target-dir target/rust
 
 options-test: lib
 	bash scripts/options-test.sh

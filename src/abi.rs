@@ -29,6 +29,15 @@ fn checked(p: *mut u8) -> *mut c_void {
 
 #[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = heap::malloc_cached(size);
+    if !p.is_null() {
+        return p as *mut c_void;
+    }
+    malloc_slow(size)
+}
+
+#[inline(never)]
+fn malloc_slow(size: usize) -> *mut c_void {
     if size > PTRDIFF_MAX {
         return enomem();
     }

@@ -102,6 +102,19 @@ fn has_free_mark(p: *mut u8) -> bool {
     unsafe { *(p as *const u64).add(1) == init::secret() }
 }
 
+/// The malloc fast path alone: a block from this thread's cache, or null (then call
+/// `malloc`). Kept free of calls so that it compiles to a leaf without a stack frame.
+#[inline(always)]
+pub fn malloc_cached(size: usize) -> *mut u8 {
+    if size <= SMALL_MAX {
+        let tc = tcache::current();
+        if !tc.is_null() {
+            return tcache::pop(tc, class_of(size));
+        }
+    }
+    core::ptr::null_mut()
+}
+
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= SMALL_MAX {

@@ -114,15 +114,16 @@ fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
 /// missing (then take the slow path).
 #[inline(always)]
 pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
-    // SAFETY: `tc` is this thread's cache or DEAD; `c < NCLASSES` (from class_of).
+    // SAFETY: `tc` is this thread's cache or DEAD; `c < NCLASSES` (class_of's tables hold
+    // only class indices, checked by size_class's tests), so the unchecked index is in range.
     unsafe {
-        let bin = &mut (*tc).bins[c];
+        let bin = (*tc).bins.get_unchecked_mut(c);
         if bin.count == 0 {
             return null_mut();
         }
         bin.count -= 1;
         let p = *bin.stack.add(bin.count as usize);
-        (*tc).nmalloc[c] += 1;
+        *(*tc).nmalloc.get_unchecked_mut(c) += 1;
         // The block leaves the free state: clear its double-free mark.
         *(p as *mut u64).add(1) = 0;
         p
@@ -133,9 +134,9 @@ pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
 #[inline(always)]
 pub fn push(tc: *mut TCache, c: usize, p: *mut u8, secret: u64) -> bool {
     // SAFETY: `tc` is this thread's cache or DEAD (cap 0: never written); `p` is a validated
-    // block of class `c`, at least 16 bytes long.
+    // block of class `c < NCLASSES` (checked by the caller), at least 16 bytes long.
     unsafe {
-        let bin = &mut (*tc).bins[c];
+        let bin = (*tc).bins.get_unchecked_mut(c);
         if bin.count >= bin.cap {
             return false;
         }
