@@ -44,6 +44,15 @@ fn init_slow() {
     }
     SECRET.store(os::random_u64() | 1, Ordering::Relaxed);
     config::init(os::cpu_count());
+    if config::VERBOSE.load(Ordering::Relaxed) {
+        let mut w = crate::report::Writer::new(crate::report::Sink::Stderr);
+        w.str("rsmalloc: ").bytes(crate::abi::version_bytes()).str(", options:");
+        for (k, v) in config::current() {
+            w.str(" ").str(k).str("=").dec(v);
+        }
+        w.str("\n");
+        w.flush();
+    }
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn that lives
     // as long as the library.
