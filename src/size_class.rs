@@ -16,7 +16,7 @@ pub const MAX_BLOCKS: usize = 1024;
 const MAX_SPAN_PAGES: usize = 8;
 /// Bounds on a thread cache's capacity per class (the byte budget is an option).
 pub const CACHE_MIN: usize = 8;
-pub const CACHE_MAX: usize = 128;
+pub const CACHE_MAX: usize = 256;
 
 
 const fn size_of_class(c: usize) -> usize {
