@@ -40,8 +40,16 @@ fn rs_free(p: *mut u8) {
 }
 
 const ALLOCATORS: [Allocator; 2] = [
-    Allocator { name: "system", malloc: sys_malloc, free: sys_free },
-    Allocator { name: "rsmalloc", malloc: rs_malloc, free: rs_free },
+    Allocator {
+        name: "system",
+        malloc: sys_malloc,
+        free: sys_free,
+    },
+    Allocator {
+        name: "rsmalloc",
+        malloc: rs_malloc,
+        free: rs_free,
+    },
 ];
 
 fn pair(c: &mut Criterion) {

@@ -35,11 +35,21 @@ fn main() {
         })
         .collect();
     let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    let s: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let s: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let after = rsmalloc::stats::snapshot();
-    assert!(after.cache_refills > before.cache_refills, "rsmalloc served nothing");
+    assert!(
+        after.cache_refills > before.cache_refills,
+        "rsmalloc served nothing"
+    );
     assert!(after.mapped > 0);
-    println!("global_alloc: ok, {} threads, checksum {}, {} chars", 8, total, s.len());
+    println!(
+        "global_alloc: ok, {} threads, checksum {}, {} chars",
+        8,
+        total,
+        s.len()
+    );
 }
 
 #[repr(align(4096))]

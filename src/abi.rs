@@ -113,7 +113,11 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `memptr` must be valid for a pointer-sized write.
 #[cfg_attr(all(feature = "export", not(test)), no_mangle)]
-pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
+pub unsafe extern "C" fn posix_memalign(
+    memptr: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> c_int {
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
@@ -165,9 +169,14 @@ pub extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) 
     if p.is_null() {
         return;
     }
-    if size > heap::usable_size(p as *mut u8, "free_aligned_sized") || (align != 0 && (p as usize) % align != 0)
+    if size > heap::usable_size(p as *mut u8, "free_aligned_sized")
+        || (align != 0 && (p as usize) % align != 0)
     {
-        fatal("free_aligned_sized", "size or alignment does not match the block", p as usize);
+        fatal(
+            "free_aligned_sized",
+            "size or alignment does not match the block",
+            p as usize,
+        );
     }
     heap::free(p as *mut u8);
 }
@@ -212,7 +221,7 @@ pub extern "C" fn rsmalloc_check() -> c_int {
 /// glibc's malloc_stats: the statistics report on stderr.
 #[cfg_attr(all(feature = "export", not(test)), no_mangle)]
 pub extern "C" fn malloc_stats() {
-    stats::write_report(&mut Writer::new(Sink::Stderr));
+    stats::write_report(&mut Writer::new(Sink::Stderr), true);
 }
 
 /// glibc's `struct mallinfo2`.

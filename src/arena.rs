@@ -70,7 +70,10 @@ struct Pool {
 }
 // SAFETY: pooled chunks are reached only under the pool lock.
 unsafe impl Send for Pool {}
-static POOL: Mutex<Pool> = Mutex::new(Pool { head: null_mut(), count: 0 });
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    head: null_mut(),
+    count: 0,
+});
 const POOL_MAX: usize = 4;
 /// Counts purges forced by many pages being freed at once. A thread cache that sees it move
 /// flushes itself whole: a program shrinking its heap should not keep spans pinned by the
@@ -162,7 +165,12 @@ impl ArenaState {
 
     /// Finds `n` free pages (aligned to `align` pages) in this arena's chunks, taking a new
     /// chunk if none has room. Returns (chunk, first page, pages known zero).
-    fn alloc_pages(&mut self, arena: usize, n: usize, align: usize) -> Option<(*mut Chunk, usize, bool)> {
+    fn alloc_pages(
+        &mut self,
+        arena: usize,
+        n: usize,
+        align: usize,
+    ) -> Option<(*mut Chunk, usize, bool)> {
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
@@ -205,7 +213,9 @@ impl ArenaState {
         while got < out.len() {
             let mut s = self.partial[c];
             if s.is_null() {
-                let Some((ch, idx, _)) = self.alloc_pages(arena, k.pages as usize, 1) else { break };
+                let Some((ch, idx, _)) = self.alloc_pages(arena, k.pages as usize, 1) else {
+                    break;
+                };
                 self.count_active(k.pages as usize);
                 self.spans[c] += 1;
                 s = chunk_ref(ch).make_small(idx, c);
@@ -233,7 +243,9 @@ impl ArenaState {
         let head = pi.head as usize;
         let s = ch.span_at(head);
         let sp = span_ref(s);
-        let Some(k) = sp.class() else { fatal(func, "invalid pointer", p) };
+        let Some(k) = sp.class() else {
+            fatal(func, "invalid pointer", p)
+        };
         let off = p - ch.page_addr(head);
         let i = size_class::block_index(k, off);
         if i * k.size as usize != off || i >= sp.nblocks as usize {
@@ -268,7 +280,12 @@ impl ArenaState {
     }
 
     /// A large object of `npages` pages aligned to `align` pages. Returns (pointer, zeroed).
-    pub fn alloc_large(&mut self, arena: usize, npages: usize, align: usize) -> Option<(*mut u8, bool)> {
+    pub fn alloc_large(
+        &mut self,
+        arena: usize,
+        npages: usize,
+        align: usize,
+    ) -> Option<(*mut u8, bool)> {
         let (c, idx, zero) = self.alloc_pages(arena, npages, align)?;
         let ch = chunk_ref(c);
         ch.make_large(idx, npages);
@@ -374,7 +391,9 @@ impl ArenaState {
         let mut spans_listed = [0usize; NCLASSES];
         while !c.is_null() {
             let ch = chunk_ref(c);
-            if ch.arena as usize != arena || pagemap::lookup(ch.base()) != ch.base() | pagemap::KIND_CHUNK {
+            if ch.arena as usize != arena
+                || pagemap::lookup(ch.base()) != ch.base() | pagemap::KIND_CHUNK
+            {
                 fatal("check", "chunk not owned or not mapped", c as usize);
             }
             let mut free_pages = 0;
@@ -393,13 +412,20 @@ impl ArenaState {
                     fatal("check", "span head mismatch at", ch.page_addr(i));
                 }
                 for j in i..i + sp.npages as usize {
-                    if ch.page_is_free(j) || ch.info[j].head as usize != i || ch.info[j].kind != sp.kind {
+                    if ch.page_is_free(j)
+                        || ch.info[j].head as usize != i
+                        || ch.info[j].kind != sp.kind
+                    {
                         fatal("check", "span page mismatch at", ch.page_addr(j));
                     }
                 }
                 if let Some(k) = sp.class() {
                     if sp.count_free_bits() != sp.nfree as usize || sp.nblocks != k.blocks {
-                        fatal("check", "span bitmap disagrees with count at", ch.page_addr(i));
+                        fatal(
+                            "check",
+                            "span bitmap disagrees with count at",
+                            ch.page_addr(i),
+                        );
                     }
                     if sp.listed != (sp.nfree > 0) || sp.nfree == sp.nblocks {
                         fatal("check", "span list state wrong at", ch.page_addr(i));
@@ -428,13 +454,19 @@ impl ArenaState {
 /// usable by every thread.
 pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8]) -> usize {
     let n = narenas();
-    (0..n).map(|i| (first + i) % n).map(|a| lock(a).take_small(a, c, out)).find(|&got| got > 0).unwrap_or(0)
+    (0..n)
+        .map(|i| (first + i) % n)
+        .map(|a| lock(a).take_small(a, c, out))
+        .find(|&got| got > 0)
+        .unwrap_or(0)
 }
 
 /// A large object from arena `first` or, failing that, from any other arena's free pages.
 pub fn alloc_large_anywhere(first: usize, npages: usize, align: usize) -> Option<(*mut u8, bool)> {
     let n = narenas();
-    (0..n).map(|i| (first + i) % n).find_map(|a| lock(a).alloc_large(a, npages, align))
+    (0..n)
+        .map(|i| (first + i) % n)
+        .find_map(|a| lock(a).alloc_large(a, npages, align))
 }
 
 /// A chunk for `arena`: from the pool, or freshly mapped and registered.
@@ -458,7 +490,11 @@ fn new_chunk(arena: usize) -> Option<*mut Chunk> {
             return None;
         }
     }
-    if !pagemap::register(base as usize, CHUNK_SIZE, base as usize | pagemap::KIND_CHUNK) {
+    if !pagemap::register(
+        base as usize,
+        CHUNK_SIZE,
+        base as usize | pagemap::KIND_CHUNK,
+    ) {
         os::unmap(base, CHUNK_SIZE);
         return None;
     }

@@ -45,23 +45,49 @@ struct Opt {
 }
 
 const OPTIONS: [Opt; 6] = [
-    Opt { key: b"arenas", env: b"RSMALLOC_ARENAS\0", min: 1, max: MAX_ARENAS as u64, apply: |v| {
-        NARENAS.store(v as u32, Relaxed)
-    } },
-    Opt { key: b"tcache_bytes", env: b"RSMALLOC_TCACHE_BYTES\0", min: 0, max: 1 << 20, apply: |v| {
-        TCACHE_BYTES.store(v as u32, Relaxed)
-    } },
+    Opt {
+        key: b"arenas",
+        env: b"RSMALLOC_ARENAS\0",
+        min: 1,
+        max: MAX_ARENAS as u64,
+        apply: |v| NARENAS.store(v as u32, Relaxed),
+    },
+    Opt {
+        key: b"tcache_bytes",
+        env: b"RSMALLOC_TCACHE_BYTES\0",
+        min: 0,
+        max: 1 << 20,
+        apply: |v| TCACHE_BYTES.store(v as u32, Relaxed),
+    },
     // pages are purged after one to two epochs: an epoch is half the delay
-    Opt { key: b"purge_delay_ms", env: b"RSMALLOC_PURGE_DELAY_MS\0", min: 0, max: 3_600_000, apply: |v| {
-        PURGE_EPOCH_NS.store(v * 1_000_000 / 2, Relaxed)
-    } },
-    Opt { key: b"thp", env: b"RSMALLOC_THP\0", min: 0, max: 1, apply: |v| crate::os::set_thp(v == 1) },
-    Opt { key: b"stats", env: b"RSMALLOC_STATS\0", min: 0, max: 1, apply: |v| {
-        STATS_AT_EXIT.store(v == 1, Relaxed)
-    } },
-    Opt { key: b"verbose", env: b"RSMALLOC_VERBOSE\0", min: 0, max: 1, apply: |v| {
-        VERBOSE.store(v == 1, Relaxed)
-    } },
+    Opt {
+        key: b"purge_delay_ms",
+        env: b"RSMALLOC_PURGE_DELAY_MS\0",
+        min: 0,
+        max: 3_600_000,
+        apply: |v| PURGE_EPOCH_NS.store(v * 1_000_000 / 2, Relaxed),
+    },
+    Opt {
+        key: b"thp",
+        env: b"RSMALLOC_THP\0",
+        min: 0,
+        max: 1,
+        apply: |v| crate::os::set_thp(v == 1),
+    },
+    Opt {
+        key: b"stats",
+        env: b"RSMALLOC_STATS\0",
+        min: 0,
+        max: 1,
+        apply: |v| STATS_AT_EXIT.store(v == 1, Relaxed),
+    },
+    Opt {
+        key: b"verbose",
+        env: b"RSMALLOC_VERBOSE\0",
+        min: 0,
+        max: 1,
+        apply: |v| VERBOSE.store(v == 1, Relaxed),
+    },
 ];
 
 /// Print the options in force at start-up.
@@ -108,8 +134,12 @@ fn apply_conf(conf: &[u8]) {
         let key = kv.next().unwrap_or(b"");
         match (OPTIONS.iter().find(|o| o.key == key), kv.next()) {
             (Some(opt), Some(val)) => set(opt, key, val),
-            (Some(_), None) => crate::report::warn(&[b"option without a value in RSMALLOC_CONF: ", key]),
-            (None, _) => crate::report::warn(&[b"unknown option in RSMALLOC_CONF (ignored): ", key]),
+            (Some(_), None) => {
+                crate::report::warn(&[b"option without a value in RSMALLOC_CONF: ", key])
+            }
+            (None, _) => {
+                crate::report::warn(&[b"unknown option in RSMALLOC_CONF (ignored): ", key])
+            }
         }
     }
 }
@@ -133,7 +163,10 @@ pub fn current() -> [(&'static str, u64); 6] {
     [
         ("arenas", narenas() as u64),
         ("tcache_bytes", TCACHE_BYTES.load(Relaxed) as u64),
-        ("purge_delay_ms", PURGE_EPOCH_NS.load(Relaxed) * 2 / 1_000_000),
+        (
+            "purge_delay_ms",
+            PURGE_EPOCH_NS.load(Relaxed) * 2 / 1_000_000,
+        ),
         ("thp", crate::os::thp() as u64),
         ("stats", STATS_AT_EXIT.load(Relaxed) as u64),
         ("verbose", VERBOSE.load(Relaxed) as u64),

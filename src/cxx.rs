@@ -38,7 +38,11 @@ extern "C" fn cxx_alloc_aligned(size: usize, align: usize) -> *mut u8 {
 }
 
 extern "C" fn cxx_no_runtime() -> ! {
-    crate::report::fatal("operator new", "out of memory, no C++ runtime to throw std::bad_alloc, size", 0)
+    crate::report::fatal(
+        "operator new",
+        "out of memory, no C++ runtime to throw std::bad_alloc, size",
+        0,
+    )
 }
 
 extern "C" fn cxx_null() -> *mut u8 {
@@ -114,14 +118,50 @@ macro_rules! cxx_new {
 cxx_new!(_Znwm, "_Znwm", cxx_alloc, next_znwm, cxx_no_runtime);
 cxx_new!(_Znam, "_Znam", cxx_alloc, next_znam, cxx_no_runtime);
 // operator new(size_t, align_val_t), new[](size_t, align_val_t)
-cxx_new!(_ZnwmSt11align_val_t, "_ZnwmSt11align_val_t", cxx_alloc_aligned, next_znwm_a, cxx_no_runtime);
-cxx_new!(_ZnamSt11align_val_t, "_ZnamSt11align_val_t", cxx_alloc_aligned, next_znam_a, cxx_no_runtime);
+cxx_new!(
+    _ZnwmSt11align_val_t,
+    "_ZnwmSt11align_val_t",
+    cxx_alloc_aligned,
+    next_znwm_a,
+    cxx_no_runtime
+);
+cxx_new!(
+    _ZnamSt11align_val_t,
+    "_ZnamSt11align_val_t",
+    cxx_alloc_aligned,
+    next_znam_a,
+    cxx_no_runtime
+);
 // operator new(size_t, nothrow_t const&), new[](size_t, nothrow_t const&)
-cxx_new!(_ZnwmRKSt9nothrow_t, "_ZnwmRKSt9nothrow_t", cxx_alloc, next_znwm_nt, cxx_null);
-cxx_new!(_ZnamRKSt9nothrow_t, "_ZnamRKSt9nothrow_t", cxx_alloc, next_znam_nt, cxx_null);
+cxx_new!(
+    _ZnwmRKSt9nothrow_t,
+    "_ZnwmRKSt9nothrow_t",
+    cxx_alloc,
+    next_znwm_nt,
+    cxx_null
+);
+cxx_new!(
+    _ZnamRKSt9nothrow_t,
+    "_ZnamRKSt9nothrow_t",
+    cxx_alloc,
+    next_znam_nt,
+    cxx_null
+);
 // operator new(size_t, align_val_t, nothrow_t const&), new[](…)
-cxx_new!(_ZnwmSt11align_val_tRKSt9nothrow_t, "_ZnwmSt11align_val_tRKSt9nothrow_t", cxx_alloc_aligned, next_znwm_a_nt, cxx_null);
-cxx_new!(_ZnamSt11align_val_tRKSt9nothrow_t, "_ZnamSt11align_val_tRKSt9nothrow_t", cxx_alloc_aligned, next_znam_a_nt, cxx_null);
+cxx_new!(
+    _ZnwmSt11align_val_tRKSt9nothrow_t,
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
+    cxx_alloc_aligned,
+    next_znwm_a_nt,
+    cxx_null
+);
+cxx_new!(
+    _ZnamSt11align_val_tRKSt9nothrow_t,
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+    cxx_alloc_aligned,
+    next_znam_a_nt,
+    cxx_null
+);
 
 macro_rules! cxx_delete {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {

@@ -342,7 +342,10 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
             if size <= LARGE_MAX {
                 let arena = chunk_ref(c).arena as usize;
                 let npages = size.div_ceil(PAGE_SIZE);
-                if arena::lock(arena).resize_large(Chunk::at_base(c), idx, npages).is_some() {
+                if arena::lock(arena)
+                    .resize_large(Chunk::at_base(c), idx, npages)
+                    .is_some()
+                {
                     return p;
                 }
             }

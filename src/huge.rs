@@ -90,7 +90,11 @@ const CACHE_SLOTS: usize = 16;
 /// everything keeps at most this much resident.
 const CACHE_MIN_BYTES: usize = 4 << 20;
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
-    e: [Cached { base: 0, map_len: 0, freed_at: 0 }; CACHE_SLOTS],
+    e: [Cached {
+        base: 0,
+        map_len: 0,
+        freed_at: 0,
+    }; CACHE_SLOTS],
     n: 0,
     bytes: 0,
     live: 0,
@@ -229,7 +233,14 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     // SAFETY: the mapping is fresh and at least one page long; the header fits in it.
-    unsafe { (base as *mut Header).write(Header { canary: 0, map_len, user_off, base_align }) };
+    unsafe {
+        (base as *mut Header).write(Header {
+            canary: 0,
+            map_len,
+            user_off,
+            base_align,
+        })
+    };
     seal(base as usize, header_of(base as usize));
     stats::add_huge(map_len as isize, 1);
     CACHE.lock().live += map_len;
@@ -261,7 +272,11 @@ pub fn free(base: usize, p: usize, func: &str) {
             cache.evict_oldest();
         }
         let n = cache.n;
-        cache.e[n] = Cached { base, map_len: len, freed_at: now };
+        cache.e[n] = Cached {
+            base,
+            map_len: len,
+            freed_at: now,
+        };
         cache.n += 1;
         cache.bytes += len;
         return;

@@ -36,7 +36,10 @@ pub fn ensure() {
 
 #[cold]
 fn init_slow() {
-    if STATE.compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire).is_err() {
+    if STATE
+        .compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire)
+        .is_err()
+    {
         while STATE.load(Ordering::Acquire) != READY {
             os::yield_now();
         }
@@ -46,7 +49,9 @@ fn init_slow() {
     config::init(os::cpu_count());
     if config::VERBOSE.load(Ordering::Relaxed) {
         let mut w = crate::report::Writer::new(crate::report::Sink::Stderr);
-        w.str("rsmalloc: ").bytes(crate::abi::version_bytes()).str(", options:");
+        w.str("rsmalloc: ")
+            .bytes(crate::abi::version_bytes())
+            .str(", options:");
         for (k, v) in config::current() {
             w.str(" ").str(k).str("=").dec(v);
         }

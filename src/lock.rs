@@ -28,7 +28,10 @@ pub struct Guard<'a, T> {
 
 impl<T> Mutex<T> {
     pub const fn new(v: T) -> Self {
-        Mutex { state: AtomicU32::new(UNLOCKED), value: UnsafeCell::new(v) }
+        Mutex {
+            state: AtomicU32::new(UNLOCKED),
+            value: UnsafeCell::new(v),
+        }
     }
 
     #[inline]
@@ -118,7 +121,13 @@ mod tests {
     fn counts_under_contention() {
         static M: Mutex<u64> = Mutex::new(0);
         let hs: std::vec::Vec<_> = (0..4)
-            .map(|_| std::thread::spawn(|| for _ in 0..100_000 { *M.lock() += 1 }))
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..100_000 {
+                        *M.lock() += 1
+                    }
+                })
+            })
             .collect();
         for h in hs {
             h.join().unwrap();

@@ -42,7 +42,9 @@ pub fn map(len: usize) -> *mut u8 {
 /// Maps `len` bytes whose start is a multiple of `align` (a power of two >= OS_PAGE).
 /// Over-maps by `align` and gives the excess head and tail back at once.
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
-    let Some(over) = len.checked_add(align) else { return null_mut() };
+    let Some(over) = len.checked_add(align) else {
+        return null_mut();
+    };
     let raw = map(over);
     if raw.is_null() {
         return raw;
@@ -119,7 +121,10 @@ pub fn set_errno(e: i32) {
 
 /// Monotonic time in nanoseconds (coarse clock: a vDSO read, no syscall).
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-parameter on our stack.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -130,7 +135,8 @@ pub fn cpu_count() -> usize {
     // SAFETY: cpu_set_t is plain data; zeroed is its empty value.
     let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
     // SAFETY: `set` is a valid, correctly sized out-parameter.
-    let r = unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let r =
+        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if r != 0 {
         return 1;
     }
@@ -191,7 +197,12 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
     // SAFETY: `word` is a live, aligned u32; waking has no memory effects.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1)
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
     };
 }
 

@@ -28,7 +28,8 @@ struct Leaf {
     e: [AtomicUsize; LEAF_LEN],
 }
 
-static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] = [const { AtomicPtr::new(null_mut()) }; 1 << ROOT_BITS];
+static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
+    [const { AtomicPtr::new(null_mut()) }; 1 << ROOT_BITS];
 /// Serialises leaf creation (entries themselves are written by their range's owner).
 static GROW: Mutex<()> = Mutex::new(());
 

@@ -17,7 +17,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(sink: Sink) -> Writer {
-        Writer { buf: [0; 256], len: 0, sink }
+        Writer {
+            buf: [0; 256],
+            len: 0,
+            sink,
+        }
     }
 
     pub fn flush(&mut self) {
@@ -106,7 +110,13 @@ impl Writer {
 #[inline(never)]
 pub fn fatal(func: &str, what: &str, addr: usize) -> ! {
     let mut w = Writer::new(Sink::Stderr);
-    w.str("rsmalloc: ").str(func).str("(): ").str(what).str(" ").hex(addr).str("\n");
+    w.str("rsmalloc: ")
+        .str(func)
+        .str("(): ")
+        .str(what)
+        .str(" ")
+        .hex(addr)
+        .str("\n");
     w.flush();
     os::abort()
 }
@@ -128,8 +138,18 @@ mod tests {
     #[test]
     fn number_formatting() {
         let mut w = Writer::new(Sink::Stderr);
-        w.hex(0x7f12_ab00).str(" ").hex(0).str(" ").dec(0).str(" ").dec(18446744073709551615).dec_w(42, 5);
-        assert_eq!(&w.buf[..w.len], b"0x7f12ab00 0x0 0 18446744073709551615   42");
+        w.hex(0x7f12_ab00)
+            .str(" ")
+            .hex(0)
+            .str(" ")
+            .dec(0)
+            .str(" ")
+            .dec(18446744073709551615)
+            .dec_w(42, 5);
+        assert_eq!(
+            &w.buf[..w.len],
+            b"0x7f12ab00 0x0 0 18446744073709551615   42"
+        );
         w.len = 0;
     }
 }

@@ -18,7 +18,6 @@ const MAX_SPAN_PAGES: usize = 8;
 pub const CACHE_MIN: usize = 8;
 pub const CACHE_MAX: usize = 256;
 
-
 const fn size_of_class(c: usize) -> usize {
     if c < 8 {
         (c + 1) * 16
@@ -64,7 +63,12 @@ pub struct ClassInfo {
 }
 
 const fn build_classes() -> [ClassInfo; NCLASSES] {
-    let mut t = [ClassInfo { size: 0, magic: 0, blocks: 0, pages: 0 }; NCLASSES];
+    let mut t = [ClassInfo {
+        size: 0,
+        magic: 0,
+        blocks: 0,
+        pages: 0,
+    }; NCLASSES];
     let mut c = 0;
     while c < NCLASSES {
         let s = size_of_class(c);
@@ -150,7 +154,10 @@ mod tests {
             let s = CLASSES[c].size as usize;
             assert!(s >= size, "size {size} -> class {c} of {s}");
             if c > 0 {
-                assert!((CLASSES[c - 1].size as usize) < size, "size {size} not in smallest class");
+                assert!(
+                    (CLASSES[c - 1].size as usize) < size,
+                    "size {size} not in smallest class"
+                );
             }
             if size > 128 {
                 // at most 25% over the request (the bound; 20% in practice)
@@ -168,7 +175,10 @@ mod tests {
             let bytes = k.pages as usize * PAGE_SIZE;
             assert!(k.blocks as usize <= MAX_BLOCKS, "class {c}");
             assert!(k.blocks >= 4, "class {c} has {} blocks", k.blocks);
-            assert!((bytes - k.blocks as usize * k.size as usize) * 8 <= bytes, "class {c} tail");
+            assert!(
+                (bytes - k.blocks as usize * k.size as usize) * 8 <= bytes,
+                "class {c} tail"
+            );
         }
     }
 
@@ -177,7 +187,12 @@ mod tests {
         for k in CLASSES.iter() {
             let bytes = k.pages as usize * PAGE_SIZE;
             for off in 0..bytes {
-                assert_eq!(block_index(k, off), off / k.size as usize, "size {} off {off}", k.size);
+                assert_eq!(
+                    block_index(k, off),
+                    off / k.size as usize,
+                    "size {} off {off}",
+                    k.size
+                );
             }
         }
     }

@@ -207,7 +207,10 @@ impl Chunk {
     /// a purge. Returns how many of them became dirty.
     pub fn free_pages(&mut self, idx: usize, n: usize) -> usize {
         for i in idx..idx + n {
-            self.info[i] = PageInfo { kind: KIND_NONE, head: 0 };
+            self.info[i] = PageInfo {
+                kind: KIND_NONE,
+                head: 0,
+            };
         }
         set_bits(&mut self.free, idx, n, true);
         set_bits(&mut self.dirty_new, idx, n, true);
@@ -255,7 +258,9 @@ impl Chunk {
 
     /// Dirty pages (either epoch).
     pub fn dirty_count(&self) -> usize {
-        (0..MAP_WORDS).map(|w| (self.dirty_new[w] | self.dirty_old[w]).count_ones() as usize).sum()
+        (0..MAP_WORDS)
+            .map(|w| (self.dirty_new[w] | self.dirty_old[w]).count_ones() as usize)
+            .sum()
     }
 
     /// Makes pages `idx..idx+npages` a small span of class `c` with every block free.
@@ -263,7 +268,10 @@ impl Chunk {
         let k = size_class::info(c);
         let kind = kind_of_class(c);
         for i in idx..idx + k.pages as usize {
-            self.info[i] = PageInfo { kind, head: idx as u8 };
+            self.info[i] = PageInfo {
+                kind,
+                head: idx as u8,
+            };
         }
         let s = &mut self.spans[idx];
         s.next = null_mut();
@@ -289,7 +297,10 @@ impl Chunk {
     /// Makes pages `idx..idx+n` one large object.
     pub fn make_large(&mut self, idx: usize, n: usize) -> *mut Span {
         for i in idx..idx + n {
-            self.info[i] = PageInfo { kind: KIND_LARGE, head: idx as u8 };
+            self.info[i] = PageInfo {
+                kind: KIND_LARGE,
+                head: idx as u8,
+            };
         }
         let s = &mut self.spans[idx];
         s.kind = KIND_LARGE;
@@ -404,7 +415,9 @@ mod tests {
         // SAFETY: as above.
         let ch = unsafe { &mut *fresh() };
         let c = 0; // 16-byte class, 1024 blocks
-        let (idx, _) = ch.alloc_pages(size_class::info(c).pages as usize, 1).unwrap();
+        let (idx, _) = ch
+            .alloc_pages(size_class::info(c).pages as usize, 1)
+            .unwrap();
         let s = unsafe { &mut *ch.make_small(idx, c) };
         assert_eq!(s.count_free_bits(), s.nblocks as usize);
         let mut out = [null_mut(); 100];

@@ -77,7 +77,10 @@ pub fn resident_bytes() -> usize {
     let mut buf = [0u8; 128];
     // SAFETY: a NUL-terminated path; open/read/close on our own descriptor and stack buffer.
     let n = unsafe {
-        let fd = libc::open(b"/proc/self/statm\0".as_ptr() as *const libc::c_char, libc::O_RDONLY);
+        let fd = libc::open(
+            b"/proc/self/statm\0".as_ptr() as *const libc::c_char,
+            libc::O_RDONLY,
+        );
         if fd < 0 {
             return 0;
         }
@@ -93,39 +96,74 @@ pub fn resident_bytes() -> usize {
     let _ = fields.next();
     let pages = fields
         .next()
-        .map(|f| f.iter().take_while(|b| b.is_ascii_digit()).fold(0usize, |v, &b| v * 10 + (b - b'0') as usize))
+        .map(|f| {
+            f.iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0usize, |v, &b| v * 10 + (b - b'0') as usize)
+        })
         .unwrap_or(0);
     pages * crate::os::OS_PAGE
 }
 
-/// The human-readable report (malloc_stats, RSMALLOC_STATS=1 at exit).
-pub fn write_report(w: &mut Writer) {
+/// The human-readable report (malloc_stats, RSMALLOC_STATS=1 at exit). With `wait` false
+/// (at exit, when other threads may be stopped inside the allocator) locked arenas are
+/// skipped instead of waited for.
+pub fn write_report(w: &mut Writer, wait: bool) {
     let s = snapshot();
-    let requests = crate::tcache::requests();
+    let requests = crate::tcache::requests(wait);
     let total_requests: u64 = requests.iter().sum();
-    w.str("___ rsmalloc statistics (").bytes(crate::abi::version_bytes()).str(") ___\n");
+    w.str("___ rsmalloc statistics (")
+        .bytes(crate::abi::version_bytes())
+        .str(") ___\n");
     w.str("options:");
     for (k, v) in crate::config::current() {
         w.str(" ").str(k).str("=").dec(v);
     }
-    w.str("\nmapped: ").dec(s.mapped as u64).str(" B  active: ").dec(s.active as u64);
-    w.str(" B  resident: ").dec(resident_bytes() as u64).str(" B  released (purged, total): ");
+    w.str("\nmapped: ")
+        .dec(s.mapped as u64)
+        .str(" B  active: ")
+        .dec(s.active as u64);
+    w.str(" B  resident: ")
+        .dec(resident_bytes() as u64)
+        .str(" B  released (purged, total): ");
     w.dec(s.purged as u64).str(" B\n");
-    w.str("huge: ").dec(s.huge as u64).str(" B in ").dec(s.huge_count as u64).str(" mappings\n");
-    w.str("threads with a cache: ").dec(s.threads as u64).str("  cache refills: ").dec(s.cache_refills as u64);
-    w.str("  flushes: ").dec(s.cache_flushes as u64).str("  hit rate: ");
+    w.str("huge: ")
+        .dec(s.huge as u64)
+        .str(" B in ")
+        .dec(s.huge_count as u64)
+        .str(" mappings\n");
+    w.str("threads with a cache: ")
+        .dec(s.threads as u64)
+        .str("  cache refills: ")
+        .dec(s.cache_refills as u64);
+    w.str("  flushes: ")
+        .dec(s.cache_flushes as u64)
+        .str("  hit rate: ");
     let hit_permille = if total_requests == 0 {
         0
     } else {
         1000 - (s.cache_refills as u64 * 1000 / total_requests).min(1000)
     };
-    w.dec(hit_permille / 10).str(".").dec(hit_permille % 10).str("%\n");
+    w.dec(hit_permille / 10)
+        .str(".")
+        .dec(hit_permille % 10)
+        .str("%\n");
     let mut taken = [0u64; NCLASSES];
     let mut returned = [0u64; NCLASSES];
     let mut spans = [0u64; NCLASSES];
     w.str("arena  chunks  active_pages  dirty_pages\n");
     for a in 0..crate::config::narenas() {
-        let g = crate::arena::lock(a);
+        let g = if wait {
+            crate::arena::lock(a)
+        } else {
+            match crate::arena::try_lock(a) {
+                Some(g) => g,
+                None => {
+                    w.dec_w(a as u64, 5).str("  (busy)\n");
+                    continue;
+                }
+            }
+        };
         for c in 0..NCLASSES {
             taken[c] += g.taken[c];
             returned[c] += g.returned[c];
@@ -134,7 +172,9 @@ pub fn write_report(w: &mut Writer) {
         if g.nchunks == 0 {
             continue;
         }
-        w.dec_w(a as u64, 5).dec_w(g.nchunks as u64, 8).dec_w(g.active as u64, 14);
+        w.dec_w(a as u64, 5)
+            .dec_w(g.nchunks as u64, 8)
+            .dec_w(g.active as u64, 14);
         w.dec_w(g.dirty_pages() as u64, 13).str("\n");
     }
     w.str("class   size      requests  live_blocks  spans\n");
@@ -144,7 +184,9 @@ pub fn write_report(w: &mut Writer) {
         }
         // blocks out of their spans: in use by the program or held by thread caches
         let live = taken[c].saturating_sub(returned[c]);
-        w.dec_w(c as u64, 5).dec_w(crate::size_class::info(c).size as u64, 7).dec_w(requests[c], 14);
+        w.dec_w(c as u64, 5)
+            .dec_w(crate::size_class::info(c).size as u64, 7)
+            .dec_w(requests[c], 14);
         w.dec_w(live, 13).dec_w(spans[c], 7).str("\n");
     }
     w.flush();
@@ -153,12 +195,26 @@ pub fn write_report(w: &mut Writer) {
 /// The report as malloc_info's XML.
 pub fn write_xml(w: &mut Writer) {
     let s = snapshot();
-    w.str("<malloc version=\"rsmalloc-").str(env!("CARGO_PKG_VERSION")).str("\">\n");
-    w.str("<total type=\"mapped\" size=\"").dec(s.mapped as u64).str("\"/>\n");
-    w.str("<total type=\"active\" size=\"").dec(s.active as u64).str("\"/>\n");
-    w.str("<total type=\"huge\" count=\"").dec(s.huge_count as u64).str("\" size=\"").dec(s.huge as u64).str("\"/>\n");
-    w.str("<total type=\"purged\" size=\"").dec(s.purged as u64).str("\"/>\n");
-    w.str("<system type=\"current\" size=\"").dec(resident_bytes() as u64).str("\"/>\n");
+    w.str("<malloc version=\"rsmalloc-")
+        .str(env!("CARGO_PKG_VERSION"))
+        .str("\">\n");
+    w.str("<total type=\"mapped\" size=\"")
+        .dec(s.mapped as u64)
+        .str("\"/>\n");
+    w.str("<total type=\"active\" size=\"")
+        .dec(s.active as u64)
+        .str("\"/>\n");
+    w.str("<total type=\"huge\" count=\"")
+        .dec(s.huge_count as u64)
+        .str("\" size=\"")
+        .dec(s.huge as u64)
+        .str("\"/>\n");
+    w.str("<total type=\"purged\" size=\"")
+        .dec(s.purged as u64)
+        .str("\"/>\n");
+    w.str("<system type=\"current\" size=\"")
+        .dec(resident_bytes() as u64)
+        .str("\"/>\n");
     w.str("</malloc>\n");
     w.flush();
 }
@@ -167,7 +223,7 @@ pub fn write_xml(w: &mut Writer) {
 /// main returns or exit() is called, without registering anything at run time).
 extern "C" fn report_at_exit() {
     if crate::config::STATS_AT_EXIT.load(Relaxed) {
-        write_report(&mut Writer::new(Sink::Stderr));
+        write_report(&mut Writer::new(Sink::Stderr), false);
     }
 }
 

@@ -52,7 +52,13 @@ struct SyncCache(TCache);
 // SAFETY: DEAD has capacity zero everywhere, so no thread ever writes to it.
 unsafe impl Sync for SyncCache {}
 static DEAD: SyncCache = SyncCache(TCache {
-    bins: [const { Bin { count: 0, cap: 0, stack: null_mut() } }; NCLASSES],
+    bins: [const {
+        Bin {
+            count: 0,
+            cap: 0,
+            stack: null_mut(),
+        }
+    }; NCLASSES],
     arena: 0,
     pressure_seen: 0,
     draining: false,
@@ -90,8 +96,11 @@ struct Caches {
 }
 // SAFETY: the lists are only walked and changed under this lock.
 unsafe impl Send for Caches {}
-static CACHES: Mutex<Caches> =
-    Mutex::new(Caches { retired: null_mut(), live: null_mut(), nmalloc_retired: [0; NCLASSES] });
+static CACHES: Mutex<Caches> = Mutex::new(Caches {
+    retired: null_mut(),
+    live: null_mut(),
+    nmalloc_retired: [0; NCLASSES],
+});
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]
@@ -163,7 +172,11 @@ pub fn get_or_create() -> *mut TCache {
         }
         t
     };
-    let tc = if tc.is_null() { os::map(mapping_len()) as *mut TCache } else { tc };
+    let tc = if tc.is_null() {
+        os::map(mapping_len()) as *mut TCache
+    } else {
+        tc
+    };
     if tc.is_null() {
         return dead();
     }
@@ -377,9 +390,17 @@ pub fn retire(tc: *mut TCache) {
 }
 
 /// malloc calls per class served through thread caches, live and retired (racy reads of
-/// other threads' counters: approximate, never torn).
-pub fn requests() -> [u64; NCLASSES] {
-    let r = CACHES.lock();
+/// other threads' counters: approximate, never torn). With `wait` false, returns zeros rather
+/// than wait for a lock another thread holds (at exit, that thread may never release it).
+pub fn requests(wait: bool) -> [u64; NCLASSES] {
+    let r = if wait {
+        CACHES.lock()
+    } else {
+        match CACHES.try_lock() {
+            Some(g) => g,
+            None => return [0; NCLASSES],
+        }
+    };
     let mut n = r.nmalloc_retired;
     let mut t = r.live;
     while !t.is_null() {
