@@ -40,7 +40,7 @@ options-test: lib
 cxx-test: lib
 	bash scripts/cxx-test.sh
 
-test: setup lib unit-test c-tests real-programs rust-example options-test cxx-test
+test: setup lib unit-test c-tests real-programs rust-example options-test cxx-test reliability
 	@echo "make test: all suites passed"
 
 bench: setup lib bench-programs
@@ -62,3 +62,4 @@ clean:
 	$(CARGO) clean
 	$(MAKE) -C c-tests clean
 	$(MAKE) -C bench-programs clean
+include mk/reliability.mk

@@ -164,25 +164,20 @@ impl ArenaState {
     }
 
     /// Finds `n` free pages (aligned to `align` pages) in this arena's chunks, taking a new
-    /// chunk if none has room. Returns (chunk, first page, pages known zero).
-    fn alloc_pages(
-        &mut self,
-        arena: usize,
-        n: usize,
-        align: usize,
-    ) -> Option<(*mut Chunk, usize, bool)> {
+    /// chunk if none has room. Returns (chunk, first page).
+    fn alloc_pages(&mut self, arena: usize, n: usize, align: usize) -> Option<(*mut Chunk, usize)> {
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
-            if let Some((idx, zero)) = ch.alloc_pages(n, align) {
-                return Some((c, idx, zero));
+            if let Some(idx) = ch.alloc_pages(n, align) {
+                return Some((c, idx));
             }
             c = ch.next;
         }
         let c = new_chunk(arena)?;
         self.link_chunk(c);
-        let (idx, zero) = chunk_ref(c).alloc_pages(n, align)?;
-        Some((c, idx, zero))
+        let idx = chunk_ref(c).alloc_pages(n, align)?;
+        Some((c, idx))
     }
 
     fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
@@ -213,7 +208,7 @@ impl ArenaState {
         while got < out.len() {
             let mut s = self.partial[c];
             if s.is_null() {
-                let Some((ch, idx, _)) = self.alloc_pages(arena, k.pages as usize, 1) else {
+                let Some((ch, idx)) = self.alloc_pages(arena, k.pages as usize, 1) else {
                     break;
                 };
                 self.count_active(k.pages as usize);
@@ -279,19 +274,14 @@ impl ArenaState {
         }
     }
 
-    /// A large object of `npages` pages aligned to `align` pages. Returns (pointer, zeroed).
-    pub fn alloc_large(
-        &mut self,
-        arena: usize,
-        npages: usize,
-        align: usize,
-    ) -> Option<(*mut u8, bool)> {
-        let (c, idx, zero) = self.alloc_pages(arena, npages, align)?;
+    /// A large object of `npages` pages aligned to `align` pages.
+    pub fn alloc_large(&mut self, arena: usize, npages: usize, align: usize) -> Option<*mut u8> {
+        let (c, idx) = self.alloc_pages(arena, npages, align)?;
         let ch = chunk_ref(c);
         ch.make_large(idx, npages);
         self.count_active(npages);
         self.tick();
-        Some((ch.page_addr(idx) as *mut u8, zero))
+        Some(ch.page_addr(idx) as *mut u8)
     }
 
     /// Frees the large object starting at page `idx` of chunk `c`.
@@ -301,25 +291,21 @@ impl ArenaState {
     }
 
     /// Resizes a large object in place to `npages`; false if the pages after it are taken.
-    /// On growth returns also whether the added pages are zero.
-    pub fn resize_large(&mut self, c: *mut Chunk, idx: usize, npages: usize) -> Option<bool> {
+    pub fn resize_large(&mut self, c: *mut Chunk, idx: usize, npages: usize) -> bool {
         let ch = chunk_ref(c);
         let old = ch.spans[idx].npages as usize;
         if npages < old {
             self.free_pages(c, idx + npages, old - npages);
             chunk_ref(c).spans[idx].npages = npages as u16;
-            return Some(true);
-        }
-        if npages > old {
+        } else if npages > old {
             if !ch.pages_free(idx + old, npages - old) {
-                return None;
+                return false;
             }
-            let zero = ch.take_pages(idx + old, npages - old);
+            ch.take_pages(idx + old, npages - old);
             ch.make_large(idx, npages);
             self.count_active(npages - old);
-            return Some(zero);
         }
-        Some(true)
+        true
     }
 
     /// Starts a new purge epoch when the current one is over.
@@ -462,7 +448,7 @@ pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8]) -> usize
 }
 
 /// A large object from arena `first` or, failing that, from any other arena's free pages.
-pub fn alloc_large_anywhere(first: usize, npages: usize, align: usize) -> Option<(*mut u8, bool)> {
+pub fn alloc_large_anywhere(first: usize, npages: usize, align: usize) -> Option<*mut u8> {
     let n = narenas();
     (0..n)
         .map(|i| (first + i) % n)

@@ -184,8 +184,10 @@ fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
             let a = tcache::arena_of(tcache::current());
             let got = arena::alloc_large_anywhere(a, npages, (align / PAGE_SIZE).max(1));
             match got {
-                Some((p, was_zero)) => {
-                    if zero && !was_zero {
+                Some(p) => {
+                    if zero {
+                        // Pages inside a chunk are cleared even when never used: an overflow
+                        // of the block below may have written them.
                         // SAFETY: p is a fresh large object of npages pages >= size bytes.
                         unsafe { core::ptr::write_bytes(p, 0, size) };
                     }
@@ -342,10 +344,7 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
             if size <= LARGE_MAX {
                 let arena = chunk_ref(c).arena as usize;
                 let npages = size.div_ceil(PAGE_SIZE);
-                if arena::lock(arena)
-                    .resize_large(Chunk::at_base(c), idx, npages)
-                    .is_some()
-                {
+                if arena::lock(arena).resize_large(Chunk::at_base(c), idx, npages) {
                     return p;
                 }
             }

@@ -177,9 +177,9 @@ impl Chunk {
         self.free_count as usize == USABLE_PAGES
     }
 
-    /// Takes `n` free pages starting at a multiple of `align` pages (first fit).
-    /// Returns the first page and whether every page of the run is known to be zero.
-    pub fn alloc_pages(&mut self, n: usize, align: usize) -> Option<(usize, bool)> {
+    /// Takes `n` free pages starting at a multiple of `align` pages (first fit); returns the
+    /// first page.
+    pub fn alloc_pages(&mut self, n: usize, align: usize) -> Option<usize> {
         if (self.free_count as usize) < n {
             return None;
         }
@@ -192,12 +192,8 @@ impl Chunk {
             }
             let e = next_with(&self.free, s, false).unwrap_or(PAGES_PER_CHUNK);
             if e >= s + n {
-                let zero = (s..s + n).all(|i| !bit(&self.dirty_new, i) && !bit(&self.dirty_old, i));
-                set_bits(&mut self.free, s, n, false);
-                set_bits(&mut self.dirty_new, s, n, false);
-                set_bits(&mut self.dirty_old, s, n, false);
-                self.free_count -= n as u32;
-                return Some((s, zero));
+                self.take_pages(s, n);
+                return Some(s);
             }
             from = if e > s { e } else { s + 1 };
         }
@@ -223,15 +219,16 @@ impl Chunk {
         start + n <= PAGES_PER_CHUNK && (start..start + n).all(|i| bit(&self.free, i))
     }
 
-    /// Takes specific free pages (checked with `pages_free`) for in-place growth.
-    /// Returns whether they are known to be zero.
-    pub fn take_pages(&mut self, start: usize, n: usize) -> bool {
-        let zero = (start..start + n).all(|i| !bit(&self.dirty_new, i) && !bit(&self.dirty_old, i));
+    /// Takes specific free pages (checked with `pages_free`, or found by `alloc_pages`).
+    ///
+    /// Whether they still read zero is not tracked: a free page, even one never used or
+    /// purged, may have been written by an overflow of the block below it, so calloc
+    /// clears every page it takes from a chunk.
+    pub fn take_pages(&mut self, start: usize, n: usize) {
         set_bits(&mut self.free, start, n, false);
         set_bits(&mut self.dirty_new, start, n, false);
         set_bits(&mut self.dirty_old, start, n, false);
         self.free_count -= n as u32;
-        zero
     }
 
     /// Purges the pages dirty since before the current epoch (all of them if `all`), and
@@ -390,17 +387,15 @@ mod tests {
         // SAFETY: fresh() returns a valid initialised chunk owned by this test.
         let ch = unsafe { &mut *fresh() };
         assert_eq!(ch.free_count as usize, USABLE_PAGES);
-        let (a, z) = ch.alloc_pages(3, 1).unwrap();
+        let a = ch.alloc_pages(3, 1).unwrap();
         assert_eq!(a, HEADER_PAGES);
-        assert!(z);
-        let (b, _) = ch.alloc_pages(4, 4).unwrap();
+        let b = ch.alloc_pages(4, 4).unwrap();
         assert_eq!(b % 4, 0);
         assert!(b >= a + 3);
         ch.free_pages(a, 3);
-        // freed pages are dirty: not known zero when taken again
-        let (c, z2) = ch.alloc_pages(2, 1).unwrap();
+        // freed pages are dirty until purged; taking two of them leaves one dirty
+        let c = ch.alloc_pages(2, 1).unwrap();
         assert_eq!(c, a);
-        assert!(!z2);
         assert_eq!(ch.dirty_count(), 1);
         // two epochs later the remaining dirty page is purged and clean again
         ch.purge(false);
@@ -415,7 +410,7 @@ mod tests {
         // SAFETY: as above.
         let ch = unsafe { &mut *fresh() };
         let c = 0; // 16-byte class, 1024 blocks
-        let (idx, _) = ch
+        let idx = ch
             .alloc_pages(size_class::info(c).pages as usize, 1)
             .unwrap();
         let s = unsafe { &mut *ch.make_small(idx, c) };
