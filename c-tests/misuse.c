@@ -80,6 +80,55 @@ static void c_double_free_cross_thread(void)
     free(rs_launder(p));
 }
 
+/* the first free still sits in the cache of a thread that is alive and waiting */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_state;
+static void *thread_free_and_wait(void *p)
+{
+    free(p);
+    pthread_mutex_lock(&gate_mu);
+    gate_state = 1;
+    pthread_cond_broadcast(&gate_cv);
+    while (gate_state != 2) pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return NULL;
+}
+static void c_double_free_cross_thread_alive(void)
+{
+    void *p = xmalloc(64);
+    pthread_t t;
+    if (pthread_create(&t, NULL, thread_free_and_wait, p)) _exit(96);
+    pthread_mutex_lock(&gate_mu);
+    while (gate_state != 1) pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    report(p);
+    free(rs_launder(p)); /* must abort here, while the other thread still caches p */
+}
+
+/* a block the cache holds but never handed out (refilled along with another one) */
+static void c_free_never_handed_out(void)
+{
+    char *a = xmalloc(48);
+    void *b = rs_launder(a + 48); /* the next block of the same span, fetched into the cache */
+    report(b);
+    free(b);
+}
+
+/* double free after a bulk free made the thread's cache send frees straight to spans */
+static void c_double_free_while_draining(void)
+{
+    enum { N = 200000 };
+    void **v = malloc(N * sizeof *v);
+    if (!v) _exit(98);
+    for (int i = 0; i < N; i++) v[i] = xmalloc(200);
+    for (int i = 0; i < N - 1; i++) free(v[i]);
+    void *p = v[N - 1];
+    free(p);
+    report(p);
+    free(rs_launder(p));
+}
+
 static void c_double_free_large(void)
 {
     void *p = xmalloc(1 << 20);
@@ -192,6 +241,9 @@ static const struct mcase cases[] = {
     {"free_sized_too_large", "free_sized", c_free_sized_too_large, 1},
     {"double_free_large", "free", c_double_free_large, 0},
     {"double_free_cross_thread", "free", c_double_free_cross_thread, 0},
+    {"double_free_cross_thread_alive", "free", c_double_free_cross_thread_alive, 0},
+    {"free_never_handed_out", "free", c_free_never_handed_out, 0},
+    {"double_free_while_draining", "free", c_double_free_while_draining, 0},
     {"realloc_freed_large", "realloc", c_realloc_freed_large, 0},
     {"realloc_stack", "realloc", c_realloc_stack, 0},
     {"free_sized_too_large_big", "free_sized", c_free_sized_too_large_big, 0},

@@ -284,15 +284,29 @@ impl ArenaState {
         Some(ch.page_addr(idx) as *mut u8)
     }
 
-    /// Frees the large object starting at page `idx` of chunk `c`.
-    pub fn free_large(&mut self, c: *mut Chunk, idx: usize) {
-        let n = chunk_ref(c).spans[idx].npages as usize;
+    /// Frees the large object starting at page `idx` of chunk `c`. Checked again under the
+    /// lock: two racing frees of one object must not both return its pages.
+    pub fn free_large(&mut self, c: *mut Chunk, idx: usize, func: &str) {
+        let ch = chunk_ref(c);
+        if ch.info[idx].kind != KIND_LARGE
+            || ch.info[idx].head as usize != idx
+            || ch.page_is_free(idx)
+        {
+            fatal(func, "double free", ch.page_addr(idx));
+        }
+        let n = ch.spans[idx].npages as usize;
         self.free_pages(c, idx, n);
     }
 
     /// Resizes a large object in place to `npages`; false if the pages after it are taken.
     pub fn resize_large(&mut self, c: *mut Chunk, idx: usize, npages: usize) -> bool {
         let ch = chunk_ref(c);
+        if ch.info[idx].kind != KIND_LARGE
+            || ch.info[idx].head as usize != idx
+            || ch.page_is_free(idx)
+        {
+            fatal("realloc", "freed pointer", ch.page_addr(idx));
+        }
         let old = ch.spans[idx].npages as usize;
         if npages < old {
             self.free_pages(c, idx + npages, old - npages);

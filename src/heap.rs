@@ -86,17 +86,10 @@ pub fn locate(p: usize) -> Located {
     }
 }
 
-/// Whether `p`, a small block carrying the free mark, really is free: in this thread's cache
-/// or free in its span. (The mark alone could be user data.)
-fn is_freed_small(p: *mut u8, c: usize) -> bool {
-    if tcache::contains(tcache::current(), c, p) {
-        return true;
-    }
-    // SAFETY: `p` is a validated small block, so its chunk header is mapped.
-    let a = unsafe { (*Chunk::of(p as usize)).arena } as usize;
-    arena::lock(a).small_is_free(p as usize)
-}
-
+/// Whether small block `p` carries the free mark. Every block in a thread cache or returned
+/// to its span carries it (written by push, refill and direct frees) and every block handed
+/// out has it cleared (pop, take_one), so a marked block is a freed one: the secret is 64
+/// random bits a program cannot write by chance.
 fn has_free_mark(p: *mut u8) -> bool {
     // SAFETY: `p` is a validated block of at least 16 bytes.
     unsafe { *(p as *const u64).add(1) == init::secret() }
@@ -276,14 +269,14 @@ pub fn free_checked(p: *mut u8, func: &str) {
     let a = p as usize;
     match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) && is_freed_small(p, c) {
+            if has_free_mark(p) {
                 fatal(func, "double free", a);
             }
             tcache::free_slow(p, c, init::secret());
         }
         Located::Large(c, idx) => {
             let arena = chunk_ref(c).arena as usize;
-            arena::lock(arena).free_large(Chunk::at_base(c), idx);
+            arena::lock(arena).free_large(Chunk::at_base(c), idx, func);
         }
         Located::Huge(base) => huge::free(base, a, func),
         Located::Invalid => fatal(func, "invalid pointer", a),
@@ -297,7 +290,7 @@ pub fn usable_size(p: *mut u8, func: &str) -> usize {
     let a = p as usize;
     match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) && is_freed_small(p, c) {
+            if has_free_mark(p) {
                 fatal(func, "freed pointer", a);
             }
             CLASSES[c].size as usize
@@ -330,7 +323,7 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     }
     let old = match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) && is_freed_small(p, c) {
+            if has_free_mark(p) {
                 fatal("realloc", "freed pointer", a);
             }
             let usable = CLASSES[c].size as usize;

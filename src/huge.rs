@@ -257,14 +257,16 @@ pub fn usable(base: usize, p: usize, func: &str) -> usize {
 }
 
 pub fn free(base: usize, p: usize, func: &str) {
+    let now = os::now_ns();
+    // Checked and sealed under the cache lock: of two racing frees of one object, the second
+    // finds it freed instead of caching (or unmapping) it a second time.
+    let mut cache = CACHE.lock();
     let h = header(base, p, func);
     if base + h.user_off != p {
         fatal(func, "invalid pointer", p);
     }
     let len = h.map_len;
     seal_freed(base, h);
-    let now = os::now_ns();
-    let mut cache = CACHE.lock();
     cache.live -= len.min(cache.live);
     cache.expire(now, false);
     if h.user_off == OS_PAGE && len <= cache.cap() {

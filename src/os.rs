@@ -26,7 +26,9 @@ pub fn map(len: usize) -> *mut u8 {
             null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            // No MAP_NORESERVE: the kernel's overcommit check must refuse absurd sizes, so
+            // that malloc(1 TiB) returns NULL as under glibc instead of an OOM kill later.
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
@@ -65,14 +67,25 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
 /// Gives a mapping (or part of one) back to the kernel: address space and pages.
 pub fn unmap(p: *mut u8, len: usize) {
     // SAFETY: callers pass a range this allocator mapped and no longer hands out.
-    unsafe { libc::munmap(p as *mut libc::c_void, len) };
+    keep_errno(|| unsafe { libc::munmap(p as *mut libc::c_void, len) });
 }
 
 /// Drops the physical pages of a range but keeps its address space; the next touch
 /// reads zeros.
 pub fn purge(p: *mut u8, len: usize) {
     // SAFETY: callers pass a free range of a mapping this allocator owns.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    keep_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) });
+}
+
+/// Runs `f` and puts errno back as it was: a call that succeeds must not change errno, even
+/// when an attempt inside it failed (glibc's behaviour; POSIX 2024 requires it of free).
+fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    let saved = unsafe { *libc::__errno_location() };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+    r
 }
 
 fn advise_thp(p: *mut u8, len: usize) {
@@ -81,8 +94,9 @@ fn advise_thp(p: *mut u8, len: usize) {
     } else {
         libc::MADV_NOHUGEPAGE
     };
-    // SAFETY: the range was just mapped by us; the advice changes no contents.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, advice) };
+    // SAFETY: the range was just mapped by us; the advice changes no contents. (Kernels
+    // without THP refuse it with EINVAL: harmless, and errno is kept.)
+    keep_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, advice) });
 }
 
 /// Makes a range inaccessible (a guard: any access faults).
@@ -94,7 +108,8 @@ pub fn protect_none(p: *mut u8, len: usize) {
 /// Grows or shrinks a mapping without moving it. False when the pages after it are taken.
 pub fn remap_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
     // SAFETY: `p..p+old_len` is one mapping of ours; without MREMAP_MAYMOVE nothing else moves.
-    let r = unsafe { libc::mremap(p as *mut libc::c_void, old_len, new_len, 0) };
+    // Failing here is expected (the pages after are taken): errno is kept for the caller.
+    let r = keep_errno(|| unsafe { libc::mremap(p as *mut libc::c_void, old_len, new_len, 0) });
     r != libc::MAP_FAILED
 }
 

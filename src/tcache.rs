@@ -38,8 +38,10 @@ pub struct TCache {
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
-    /// Frees bypass the cache (every capacity 0) until this thread allocates again.
+    /// Frees bypass the cache (every capacity 0) until this thread allocates again or has
+    /// freed DRAIN_FREES blocks this way (a thread that only frees must not stay slow).
     draining: bool,
+    drained: u32,
     /// Link in the pool of caches of exited threads, or in the list of live caches.
     next_free: *mut TCache,
     next_live: *mut TCache,
@@ -62,6 +64,7 @@ static DEAD: SyncCache = SyncCache(TCache {
     arena: 0,
     pressure_seen: 0,
     draining: false,
+    drained: 0,
     next_free: null_mut(),
     next_live: null_mut(),
     prev_live: null_mut(),
@@ -101,6 +104,8 @@ static CACHES: Mutex<Caches> = Mutex::new(Caches {
     live: null_mut(),
     nmalloc_retired: [0; NCLASSES],
 });
+/// Frees a draining cache sends straight to their spans before it caches again.
+const DRAIN_FREES: u32 = 4096;
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]
@@ -164,6 +169,11 @@ pub fn get_or_create() -> *mut TCache {
         return tc;
     }
     init::ensure();
+    let tc = current();
+    if !tc.is_null() {
+        // initialisation allocated on this thread and created the cache already
+        return tc;
+    }
     let tc = {
         let mut r = CACHES.lock();
         let t = r.retired;
@@ -235,6 +245,10 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     if bin.cap == 0 {
         return take_one(a, c);
     }
+    if bin.count != 0 {
+        // refilled meanwhile (a nested call during this thread's set-up)
+        return pop(tc, c);
+    }
     let want = (bin.cap as usize / 2).max(1);
     // SAFETY: the stack has `cap` slots and is empty here (count == 0).
     let out = unsafe { core::slice::from_raw_parts_mut(bin.stack, want) };
@@ -243,8 +257,14 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     if got == 0 {
         return null_mut();
     }
-    // Blocks came lowest address first; hand out the lowest first.
+    // Blocks came lowest address first; hand out the lowest first. Each carries the free
+    // mark while it waits in the cache, so a free of one of them is seen as a double free.
     out[..got].reverse();
+    let secret = init::secret();
+    for &p in out[..got].iter() {
+        // SAFETY: p is a free block of at least 16 bytes that this thread now owns.
+        unsafe { *(p as *mut u64).add(1) = secret };
+    }
     bin.count = got as u32;
     pop(tc, c)
 }
@@ -314,7 +334,12 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
         if push(tc, c, p, secret) {
             return;
         }
-        if !cache_ref(tc).draining {
+        if cache_ref(tc).draining {
+            cache_ref(tc).drained += 1;
+            if cache_ref(tc).drained >= DRAIN_FREES {
+                set_draining(tc, false);
+            }
+        } else {
             let cap = cache_ref(tc).bins[c].cap as usize;
             flush(tc, c, (cap / 2).max(1));
             if push(tc, c, p, secret) {
@@ -322,6 +347,9 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             }
         }
     }
+    // Straight to the span: mark it free there too.
+    // SAFETY: p is a validated small block of at least 16 bytes, being freed.
+    unsafe { *(p as *mut u64).add(1) = secret };
     let mut one = [p];
     return_blocks(&mut one);
 }
@@ -330,20 +358,10 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
 fn set_draining(tc: *mut TCache, on: bool) {
     let t = cache_ref(tc);
     t.draining = on;
+    t.drained = 0;
     for (c, bin) in t.bins.iter_mut().enumerate() {
         bin.cap = if on { 0 } else { capacity(c) as u32 };
     }
-}
-
-/// Whether `p` sits in this thread's cache of class `c` (for the double-free check).
-pub fn contains(tc: *mut TCache, c: usize, p: *mut u8) -> bool {
-    if !is_live(tc) {
-        return false;
-    }
-    let bin = &cache_ref(tc).bins[c];
-    // SAFETY: the first `count` slots of the stack hold blocks.
-    let s = unsafe { core::slice::from_raw_parts(bin.stack, bin.count as usize) };
-    s.contains(&p)
 }
 
 /// Empties every bin of this thread's cache into the arenas.
