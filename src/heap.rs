@@ -312,7 +312,14 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
             if size <= usable {
                 return p;
             }
-            let q = malloc(size);
+            // A small block that grows is likely to grow again (vectors, strings): give it
+            // room to double once more in place, as glibc's in-place growth does.
+            let room = if size <= SMALL_MAX / 2 {
+                size * 2
+            } else {
+                size
+            };
+            let q = malloc(room);
             if !q.is_null() {
                 // SAFETY: both blocks are live and distinct; p holds `usable` < size bytes.
                 unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };

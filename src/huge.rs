@@ -116,7 +116,7 @@ impl Cache {
     }
 
     fn cap(&self) -> usize {
-        CACHE_MIN_BYTES.max(self.live / 2)
+        CACHE_MIN_BYTES.max(self.live)
     }
 
     fn evict_oldest(&mut self) {
@@ -152,14 +152,45 @@ fn take_cached(need: usize) -> Option<usize> {
         }
     }
     let c = cache.remove(best?);
-    // live from now on; shrink_mapping below accounts for the trimmed tail
-    cache.live += c.map_len;
+    let mut len = c.map_len;
+    // Much bigger than needed: split at the next chunk boundary and keep the tail cached as
+    // a mapping of its own, resident pages and all, rather than unmapping it.
+    let split = (need + CHUNK_SIZE - 1) & !(CHUNK_SIZE - 1);
+    if len > split && cache.n < CACHE_SLOTS {
+        let tail = c.base + split;
+        let tail_len = len - split;
+        // SAFETY: the tail's first page belongs to the cached mapping, which we own.
+        unsafe {
+            (tail as *mut Header).write(Header {
+                canary: 0,
+                map_len: tail_len,
+                user_off: OS_PAGE,
+                base_align: CHUNK_SIZE,
+            })
+        };
+        seal_freed(tail, header_of(tail));
+        if pagemap::register(tail, tail_len, tail | pagemap::KIND_HUGE) {
+            let n = cache.n;
+            cache.e[n] = Cached {
+                base: tail,
+                map_len: tail_len,
+                freed_at: c.freed_at,
+            };
+            cache.n += 1;
+            cache.bytes += tail_len;
+            stats::add_huge(0, 1);
+            len = split;
+        }
+    }
+    // live from now on; shrink_mapping below accounts for a trimmed tail
+    cache.live += len;
     drop(cache);
-    if c.map_len > need {
-        shrink_mapping(c.base, c.map_len, need);
+    if len > split {
+        shrink_mapping(c.base, len, need);
+        len = need;
     }
     let h = header_of(c.base);
-    h.map_len = need;
+    h.map_len = len;
     seal(c.base, h);
     Some(c.base + h.user_off)
 }
@@ -305,6 +336,19 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
             seal(base, h);
         }
         return p as *mut u8;
+    }
+    // A cached mapping big enough is resident already: copying into it is cheaper than
+    // faulting in fresh pages for the growth.
+    if user_off == OS_PAGE {
+        if let Some(q) = take_cached(new_len) {
+            // SAFETY: q is a mapping of at least new_len - user_off > old_len - user_off bytes,
+            // distinct from the live block at p.
+            unsafe {
+                core::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, old_len - user_off)
+            };
+            free(base, p, "realloc");
+            return q as *mut u8;
+        }
     }
     if os::remap_in_place(base as *mut u8, old_len, new_len) {
         if pagemap::register(base, new_len, base | pagemap::KIND_HUGE) {
