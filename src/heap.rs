@@ -86,10 +86,27 @@ pub fn locate(p: usize) -> Located {
     }
 }
 
-/// Whether small block `p` carries the free mark. Every block in a thread cache or returned
-/// to its span carries it (written by push, refill and direct frees) and every block handed
-/// out has it cleared (pop, take_one), so a marked block is a freed one: the secret is 64
-/// random bits a program cannot write by chance.
+/// Whether small block `p`, which carries the free mark, really is free: in a thread cache
+/// or free in its span. Every free block carries the mark (push, refill, direct frees) and
+/// every block handed out has it cleared (pop, take_one), but a live block can still hold
+/// the mark as stale data copied from memory that once held a free block (realloc copies
+/// the whole usable size), so the mark alone decides nothing.
+fn is_freed_small(p: *mut u8, c: usize) -> bool {
+    // SAFETY: `p` is a validated small block, so its chunk header is mapped.
+    let a = unsafe { (*Chunk::of(p as usize)).arena } as usize;
+    if arena::lock(a).small_is_free(p as usize) {
+        return true;
+    }
+    if tcache::any_cache_contains(c, p) {
+        return true;
+    }
+    // Stale data: clear it so the fast path does not come here again for this block.
+    // SAFETY: p is a live block of at least 16 bytes.
+    unsafe { *(p as *mut u64).add(1) = 0 };
+    false
+}
+
+/// Whether small block `p` carries the free mark (see `is_freed_small`).
 fn has_free_mark(p: *mut u8) -> bool {
     // SAFETY: `p` is a validated block of at least 16 bytes.
     unsafe { *(p as *const u64).add(1) == init::secret() }
@@ -269,7 +286,7 @@ pub fn free_checked(p: *mut u8, func: &str) {
     let a = p as usize;
     match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) {
+            if has_free_mark(p) && is_freed_small(p, c) {
                 fatal(func, "double free", a);
             }
             tcache::free_slow(p, c, init::secret());
@@ -290,7 +307,7 @@ pub fn usable_size(p: *mut u8, func: &str) -> usize {
     let a = p as usize;
     match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) {
+            if has_free_mark(p) && is_freed_small(p, c) {
                 fatal(func, "freed pointer", a);
             }
             CLASSES[c].size as usize
@@ -330,7 +347,7 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     }
     let old = match locate(a) {
         Located::Small(c) => {
-            if has_free_mark(p) {
+            if has_free_mark(p) && is_freed_small(p, c) {
                 fatal("realloc", "freed pointer", a);
             }
             let usable = CLASSES[c].size as usize;

@@ -364,6 +364,27 @@ fn set_draining(tc: *mut TCache, on: bool) {
     }
 }
 
+/// Whether `p` sits in the cache of class `c` of any live thread (this one included). Reads
+/// other threads' stacks without their cooperation: only used on the rare path where a
+/// block carries the free mark, to tell a double free from stale data.
+pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
+    let r = CACHES.lock();
+    let mut t = r.live;
+    while !t.is_null() {
+        let tc = cache_ref(t);
+        let bin = &tc.bins[c];
+        // SAFETY: the stack has `cap` slots; `count` is read racily and bounded by `cap`.
+        let n = unsafe { core::ptr::read_volatile(&bin.count) }.min(bin.cap) as usize;
+        // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
+        let s = unsafe { core::slice::from_raw_parts(bin.stack, n) };
+        if s.iter().any(|&q| q == p) {
+            return true;
+        }
+        t = tc.next_live;
+    }
+    false
+}
+
 /// Empties every bin of this thread's cache into the arenas.
 pub fn flush_all(tc: *mut TCache) {
     if !is_live(tc) {
