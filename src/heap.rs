@@ -128,15 +128,7 @@ pub fn malloc_cached(size: usize) -> *mut u8 {
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= SMALL_MAX {
-        let c = class_of(size);
-        let tc = tcache::current();
-        if !tc.is_null() {
-            let p = tcache::pop(tc, c);
-            if !p.is_null() {
-                return p;
-            }
-        }
-        return alloc_class_slow(c);
+        return alloc_class(class_of(size));
     }
     alloc_big(size, 16, false)
 }
