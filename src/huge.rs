@@ -1,19 +1,24 @@
-//! Huge objects (above LARGE_MAX): each has a mapping of its own, aligned to the chunk size so
-//! that no two mappings of ours share a page-map unit. A small header sits at the start of
-//! the mapping, before the user pointer (one OS page in, or `align` in for larger
-//! alignments). Realloc grows with mremap (in place when the pages after the mapping are
-//! free, otherwise moved without copying).
+//! Huge objects (above LARGE_MAX). A small header sits at the start of each object's
+//! memory, one OS page before the user pointer (or `align` before it for larger alignments),
+//! and names the memory's length; a keyed canary guards it.
 //!
-//! A freed mapping of moderate size waits in a small cache for one to two purge epochs, so
-//! a program that frees and allocates big buffers in turn reuses resident pages instead of
-//! faulting fresh zero pages in every time; then it is unmapped (address space and pages).
+//! Where the memory comes from:
+//! - Objects up to `region::MAX_OBJECT` with ordinary alignment live in the huge heap
+//!   (`region`): granules of reserved address space whose freed pages stay resident for a
+//!   while, so big buffers that come and go reuse faulted-in pages, and growth extends in
+//!   place into free granules after the object.
+//! - Larger or more strictly aligned objects get a mapping of their own, aligned to the chunk
+//!   size so that no two share a page-map unit. Realloc grows those with mremap (in place
+//!   when the pages after the mapping are free, otherwise moved without copying). A freed
+//!   mapping waits in a small cache for one to two purge epochs, then is unmapped.
 
 use core::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{CHUNK_SHIFT, CHUNK_SIZE, PURGE_EPOCH_NS};
+use crate::config::{CHUNK_SIZE, PURGE_EPOCH_NS};
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
 use crate::pagemap;
+use crate::region;
 use crate::report::fatal;
 use crate::stats;
 
@@ -26,6 +31,9 @@ struct Header {
     user_off: usize,
     /// Alignment of the mapping's base (for moving realloc).
     base_align: usize,
+    /// 1 when the object lives in the huge heap (`region`), 0 when it has a mapping of its
+    /// own.
+    in_region: usize,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -40,6 +48,7 @@ fn canary_of(base: usize, h: &Header) -> u64 {
         ^ mix(secret.rotate_left(17) ^ h.map_len as u64)
         ^ mix(secret.rotate_left(31) ^ h.user_off as u64)
         ^ mix(secret.rotate_left(47) ^ h.base_align as u64)
+        ^ mix(secret.rotate_left(59) ^ h.in_region as u64)
 }
 
 /// Recomputes a live header's canary after its fields changed.
@@ -84,10 +93,16 @@ struct Cache {
     bytes: usize,
     /// Bytes of the live huge objects.
     live: usize,
+    /// Requests served from the cache, requests that missed it, mappings unmapped by
+    /// eviction or expiry, and freed mappings unmapped at once (for the statistics report).
+    hits: u64,
+    misses: u64,
+    evicted: u64,
+    uncached: u64,
 }
 const CACHE_SLOTS: usize = 16;
-/// The cache holds at most max(CACHE_MIN_BYTES, live huge bytes / 2): a program that frees
-/// everything keeps at most this much resident.
+/// The cache holds at most max(CACHE_MIN_BYTES, live bytes of own-mapping objects): a
+/// program that frees everything keeps at most this much resident.
 const CACHE_MIN_BYTES: usize = 4 << 20;
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
     e: [Cached {
@@ -98,6 +113,10 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
     n: 0,
     bytes: 0,
     live: 0,
+    hits: 0,
+    misses: 0,
+    evicted: 0,
+    uncached: 0,
 });
 
 fn unmap_mapping(base: usize, len: usize) {
@@ -122,6 +141,7 @@ impl Cache {
     fn evict_oldest(&mut self) {
         let oldest = (0..self.n).min_by_key(|&i| self.e[i].freed_at).unwrap_or(0);
         let c = self.remove(oldest);
+        self.evicted += 1;
         unmap_mapping(c.base, c.map_len);
     }
 
@@ -132,6 +152,7 @@ impl Cache {
         while i < self.n {
             if all || now.wrapping_sub(self.e[i].freed_at) >= limit {
                 let c = self.remove(i);
+                self.evicted += 1;
                 unmap_mapping(c.base, c.map_len);
             } else {
                 i += 1;
@@ -151,7 +172,12 @@ fn take_cached(need: usize) -> Option<usize> {
             best = Some(i);
         }
     }
-    let c = cache.remove(best?);
+    let Some(best) = best else {
+        cache.misses += 1;
+        return None;
+    };
+    cache.hits += 1;
+    let c = cache.remove(best);
     let mut len = c.map_len;
     // Much bigger than needed: split at the next chunk boundary and keep the tail cached as
     // a mapping of its own, resident pages and all, rather than unmapping it.
@@ -166,6 +192,7 @@ fn take_cached(need: usize) -> Option<usize> {
                 map_len: tail_len,
                 user_off: OS_PAGE,
                 base_align: CHUNK_SIZE,
+                in_region: 0,
             })
         };
         seal_freed(tail, header_of(tail));
@@ -199,12 +226,7 @@ fn take_cached(need: usize) -> Option<usize> {
 /// as soon as the tail is unmapped, another thread may map that address space and register
 /// it.
 fn shrink_mapping(base: usize, old_len: usize, new_len: usize) {
-    let new_end_unit = (base + new_len - 1) >> CHUNK_SHIFT;
-    let old_end_unit = (base + old_len - 1) >> CHUNK_SHIFT;
-    if old_end_unit > new_end_unit {
-        let first = (new_end_unit + 1) << CHUNK_SHIFT;
-        pagemap::unregister(first, ((old_end_unit + 1) << CHUNK_SHIFT) - first);
-    }
+    pagemap::unregister_tail(base, old_len, new_len);
     os::unmap((base + new_len) as *mut u8, old_len - new_len);
     account_resize(old_len, new_len);
 }
@@ -221,16 +243,27 @@ pub fn drain_cache() -> usize {
     let mut cache = CACHE.lock();
     let bytes = cache.bytes;
     cache.expire(0, true);
-    bytes
+    drop(cache);
+    bytes + region::purge_all()
+}
+
+/// The cache's counters: (hits, misses, evicted, uncached, cached bytes); None when the
+/// cache is busy and `wait` is false.
+pub fn cache_counters(wait: bool) -> Option<(u64, u64, u64, u64, usize)> {
+    let c = if wait { CACHE.lock() } else { CACHE.try_lock()? };
+    Some((c.hits, c.misses, c.evicted, c.uncached, c.bytes))
 }
 
 pub fn fork_prepare() {
     CACHE.lock_forever();
+    region::fork_prepare();
 }
 pub fn fork_parent() {
+    region::fork_parent();
     CACHE.force_unlock();
 }
 pub fn fork_child() {
+    region::fork_child();
     CACHE.reset_in_child();
 }
 
@@ -246,11 +279,96 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
         return (core::ptr::null_mut(), false);
     };
     if user_off == OS_PAGE {
-        if let Some(p) = take_cached(map_len) {
+        if map_len <= region::MAX_OBJECT {
+            if let Some(r) = alloc_in_region(map_len) {
+                return r;
+            }
+        } else if let Some(p) = take_cached(map_len) {
             return (p as *mut u8, false);
         }
     }
     (map_fresh(map_len, user_off, align), true)
+}
+
+/// A huge object of `map_len` bytes (header page included) in the huge heap, and whether
+/// its bytes are known to be zero; None when the heap cannot grow.
+fn alloc_in_region(map_len: usize) -> Option<(*mut u8, bool)> {
+    let mut heap = region::lock();
+    let (base, zero) = heap.alloc(map_len)?;
+    // SAFETY: the granules at `base` were just taken for this object; the header fits in its
+    // first page.
+    unsafe {
+        (base as *mut Header).write(Header {
+            canary: 0,
+            map_len,
+            user_off: OS_PAGE,
+            base_align: region::GRANULE,
+            in_region: 1,
+        })
+    };
+    seal(base, header_of(base));
+    if !pagemap::register(base, map_len, base | pagemap::KIND_HUGE) {
+        heap.free(base, map_len);
+        return None;
+    }
+    drop(heap);
+    stats::add_huge(map_len as isize, 1);
+    Some(((base + OS_PAGE) as *mut u8, zero))
+}
+
+/// Frees a huge-heap object: its granules stay resident for reuse until the heap purges
+/// them. Checked under the heap lock, so that of two racing frees the second fails.
+fn free_in_region(base: usize, p: usize, func: &str) {
+    let mut heap = region::lock();
+    let h = header(base, p, func);
+    if base + h.user_off != p {
+        fatal(func, "invalid pointer", p);
+    }
+    let len = h.map_len;
+    seal_freed(base, h);
+    // Out of the page map before the granules can be taken again: a second free of `p` now
+    // finds no owner.
+    pagemap::unregister(base, len);
+    heap.free(base, len);
+    drop(heap);
+    stats::add_huge(-(len as isize), -1);
+}
+
+/// Resizes a huge-heap object: shrinks in place, grows in place into free granules after
+/// it, or moves (a copy into a new object, whose pages are likely resident already).
+fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *mut u8 {
+    let mut heap = region::lock();
+    let h = header_of(base);
+    if new_len <= old_len {
+        if new_len < old_len {
+            pagemap::unregister_tail(base, old_len, new_len);
+            heap.shrink(base, old_len, new_len);
+            h.map_len = new_len;
+            seal(base, h);
+            drop(heap);
+            stats::add_huge(new_len as isize - old_len as isize, 0);
+        }
+        return p as *mut u8;
+    }
+    if new_len <= region::MAX_OBJECT && heap.grow_in_place(base, old_len, new_len) {
+        if pagemap::register(base, new_len, base | pagemap::KIND_HUGE) {
+            h.map_len = new_len;
+            seal(base, h);
+            drop(heap);
+            stats::add_huge(new_len as isize - old_len as isize, 0);
+            return p as *mut u8;
+        }
+        heap.shrink(base, new_len, old_len);
+    }
+    drop(heap);
+    let (q, _) = alloc(new_len - OS_PAGE, OS_PAGE);
+    if !q.is_null() {
+        // SAFETY: q is a new object of new_len - OS_PAGE > old_len - OS_PAGE bytes, distinct
+        // from the live object at p.
+        unsafe { core::ptr::copy_nonoverlapping(p as *const u8, q, old_len - OS_PAGE) };
+        free_in_region(base, p, "realloc");
+    }
+    q
 }
 
 fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
@@ -270,6 +388,7 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
             map_len,
             user_off,
             base_align,
+            in_region: 0,
         })
     };
     seal(base as usize, header_of(base as usize));
@@ -288,6 +407,11 @@ pub fn usable(base: usize, p: usize, func: &str) -> usize {
 }
 
 pub fn free(base: usize, p: usize, func: &str) {
+    // Which lock checks the header depends on where the object lives; a forged or stale
+    // field is caught by that check (the canary covers it).
+    if header_of(base).in_region == 1 {
+        return free_in_region(base, p, func);
+    }
     let now = os::now_ns();
     // Checked and sealed under the cache lock: of two racing frees of one object, the second
     // finds it freed instead of caching (or unmapping) it a second time.
@@ -314,12 +438,13 @@ pub fn free(base: usize, p: usize, func: &str) {
         cache.bytes += len;
         return;
     }
+    cache.uncached += 1;
     drop(cache);
     unmap_mapping(base, len);
 }
 
 /// Resizes in place or by moving the pages; null when the kernel refuses (the object is
-/// then unchanged). Contents are kept up to the smaller size; added pages read zero.
+/// then unchanged). Contents are kept up to the smaller size; added bytes are unspecified.
 pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     let h = header(base, p, "realloc");
     if base + h.user_off != p {
@@ -329,6 +454,9 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     let Some(new_len) = user_off.checked_add(size).and_then(round_page) else {
         return core::ptr::null_mut();
     };
+    if h.in_region == 1 {
+        return realloc_in_region(base, p, old_len, new_len);
+    }
     if new_len <= old_len {
         if new_len < old_len {
             shrink_mapping(base, old_len, new_len);
@@ -338,7 +466,7 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
         return p as *mut u8;
     }
     // A cached mapping big enough is resident already: copying into it is cheaper than
-    // faulting in fresh pages for the growth.
+    // faulting in fresh pages for the growth, and the old pages stay resident in the cache.
     if user_off == OS_PAGE {
         if let Some(q) = take_cached(new_len) {
             // SAFETY: q is a mapping of at least new_len - user_off > old_len - user_off bytes,
@@ -374,10 +502,19 @@ pub fn realloc(base: usize, p: usize, size: usize) -> *mut u8 {
     // thread may map and register it.
     pagemap::unregister(base, old_len);
     if !os::remap_to(base as *mut u8, old_len, new_len, target) {
+        // The kernel moves pages of one mapping only: should the range span two (never by our
+        // own doing), copy instead, then give the old range back.
         pagemap::register(base, old_len, base | pagemap::KIND_HUGE);
-        pagemap::unregister(t, new_len);
-        os::unmap(target, new_len);
-        return core::ptr::null_mut();
+        // SAFETY: the target is a fresh mapping of new_len > old_len bytes, distinct from the
+        // live mapping at base.
+        unsafe { core::ptr::copy_nonoverlapping(base as *const u8, target, old_len) };
+        pagemap::unregister(base, old_len);
+        os::unmap(base as *mut u8, old_len);
+        account_resize(old_len, new_len);
+        let nh = header_of(t);
+        nh.map_len = new_len;
+        seal(t, nh);
+        return (t + user_off) as *mut u8;
     }
     // SAFETY: the header moved with the first page of the mapping, now at `t`.
     let nh = unsafe { &mut *(t as *mut Header) };

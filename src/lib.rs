@@ -20,6 +20,7 @@ mod init;
 mod lock;
 mod os;
 mod pagemap;
+mod region;
 mod report;
 pub mod size_class;
 mod span;

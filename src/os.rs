@@ -20,15 +20,19 @@ pub fn thp() -> bool {
 
 /// Maps `len` bytes of fresh, zeroed, read-write memory. Null when the kernel refuses.
 pub fn map(len: usize) -> *mut u8 {
+    // No MAP_NORESERVE: the kernel's overcommit check must refuse absurd sizes, so that
+    // malloc(1 TiB) returns NULL as under glibc instead of an OOM kill later.
+    map_flags(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+}
+
+fn map_flags(len: usize, flags: i32) -> *mut u8 {
     // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing memory.
     let p = unsafe {
         libc::mmap(
             null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            // No MAP_NORESERVE: the kernel's overcommit check must refuse absurd sizes, so
-            // that malloc(1 TiB) returns NULL as under glibc instead of an OOM kill later.
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            flags,
             -1,
             0,
         )
@@ -42,12 +46,27 @@ pub fn map(len: usize) -> *mut u8 {
 }
 
 /// Maps `len` bytes whose start is a multiple of `align` (a power of two >= OS_PAGE).
-/// Over-maps by `align` and gives the excess head and tail back at once.
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    map_aligned_flags(len, align, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+}
+
+/// Reserves `len` bytes of address space whose start is a multiple of `align`, readable and
+/// writable but charged to nothing until touched (MAP_NORESERVE): for the huge heap, whose
+/// regions are mostly untouched. Null when the kernel refuses.
+pub fn reserve_aligned(len: usize, align: usize) -> *mut u8 {
+    map_aligned_flags(
+        len,
+        align,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+    )
+}
+
+/// Over-maps by `align` and gives the excess head and tail back at once.
+fn map_aligned_flags(len: usize, align: usize, flags: i32) -> *mut u8 {
     let Some(over) = len.checked_add(align) else {
         return null_mut();
     };
-    let raw = map(over);
+    let raw = map_flags(over, flags);
     if raw.is_null() {
         return raw;
     }
@@ -62,6 +81,11 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
         unmap((aligned + len) as *mut u8, tail);
     }
     aligned as *mut u8
+}
+
+/// `n` rounded up to a whole number of OS pages.
+pub fn round_page(n: usize) -> usize {
+    (n + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
 
 /// Gives a mapping (or part of one) back to the kernel: address space and pages.

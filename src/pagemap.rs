@@ -85,6 +85,16 @@ pub fn unregister(start: usize, len: usize) {
     store_range(start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT, 0);
 }
 
+/// Clears the units a range of `old_len` bytes at `start` covers but its first `new_len`
+/// bytes do not (a shrinking huge object).
+pub fn unregister_tail(start: usize, old_len: usize, new_len: usize) {
+    let new_end_unit = (start + new_len - 1) >> CHUNK_SHIFT;
+    let old_end_unit = (start + old_len - 1) >> CHUNK_SHIFT;
+    if old_end_unit > new_end_unit {
+        store_range(new_end_unit + 1, old_end_unit, 0);
+    }
+}
+
 fn store_range(first: usize, last: usize, value: usize) {
     for unit in first..=last {
         let leaf = leaf_for(unit, false);

@@ -25,6 +25,10 @@ pub fn add_active_pages(n: isize) {
 pub fn add_purged_pages(n: usize) {
     PURGED_PAGES.fetch_add(n, Relaxed);
 }
+/// Bytes of pages the arenas hand out (spans and page runs).
+pub fn arena_active_bytes() -> usize {
+    ACTIVE_PAGES.load(Relaxed).max(0) as usize * PAGE_SIZE
+}
 pub fn add_huge(bytes: isize, count: isize) {
     HUGE_BYTES.fetch_add(bytes, Relaxed);
     HUGE_COUNT.fetch_add(count, Relaxed);
@@ -132,6 +136,17 @@ pub fn write_report(w: &mut Writer, wait: bool) {
         .str(" B in ")
         .dec(s.huge_count as u64)
         .str(" mappings\n");
+    if let Some((hits, misses, evicted, uncached, cached)) = crate::huge::cache_counters(wait) {
+        w.str("huge cache: ").dec(cached as u64).str(" B  hits: ").dec(hits);
+        w.str("  misses: ").dec(misses).str("  evicted: ").dec(evicted);
+        w.str("  unmapped at free: ").dec(uncached).str("\n");
+    }
+    if let Some(c) = crate::region::counters(wait) {
+        w.str("huge heap: regions ").dec(c[0]).str("  live granules ").dec(c[1]);
+        w.str("  dirty granules ").dec(c[2]).str("  grown in place ").dec(c[3]);
+        w.str("  purged B: decay ").dec(c[4]).str(" budget ").dec(c[5]);
+        w.str(" other ").dec(c[6]).str("\n");
+    }
     w.str("threads with a cache: ")
         .dec(s.threads as u64)
         .str("  cache refills: ")

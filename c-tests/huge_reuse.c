@@ -1,0 +1,137 @@
+/* huge_reuse.c: huge blocks (above 1 MiB) whose memory is reused while still resident.
+ * - calloc of every size reads zero right after dirty blocks of other sizes were freed
+ *   (reused granules, and the slack of a partly reused one);
+ * - realloc growth keeps contents whether the block grows in place, moves next to a
+ *   neighbour it must not overwrite, or crosses into blocks with mappings of their own
+ *   (above 64 MiB), and shrinking then regrowing keeps them too;
+ * - allocating and freeing the same large size in a loop does not fault its pages in again
+ *   on every round (no madvise/munmap thrash): minor faults stay near one block's pages. */
+#include "common.h"
+
+#include <sys/resource.h>
+
+#define MiB ((size_t)1 << 20)
+
+static long minflt(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
+
+static void check_block(const unsigned char *p, size_t n, uint64_t tag, const char *what)
+{
+    size_t bad = rs_verify(p, n, tag);
+    if (bad != (size_t)-1) FAILF("%s: block %p of %zu bytes corrupted at %zu", what, (void *)p, n, bad);
+    else atomic_fetch_add(&rs_checks, 1);
+}
+
+static void calloc_after_dirty(void)
+{
+    static const size_t sizes[] = {MiB + 1, 2 * MiB, 3 * MiB + 4096, 4 * MiB - 4096, 4 * MiB,
+                                   5 * MiB + 17, 9 * MiB, 17 * MiB + 123};
+    const size_t n = sizeof sizes / sizeof sizes[0];
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            unsigned char *d = malloc(sizes[i]);
+            CHECK(d != NULL, "malloc(%zu)", sizes[i]);
+            if (!d) continue;
+            memset(d, 0xA5, sizes[i]);
+            free(d);
+            unsigned char *z = calloc(1, sizes[j]);
+            CHECK(z != NULL, "calloc(%zu)", sizes[j]);
+            if (!z) continue;
+            size_t nz = rs_first_nonzero(z, sizes[j]);
+            CHECK(nz == (size_t)-1, "calloc(%zu) after freeing a dirty %zu-byte block: byte %zu not zero",
+                  sizes[j], sizes[i], nz);
+            /* dirty it for the next round, including the slack past its end */
+            memset(z, 0x5A, sizes[j]);
+            unsigned char *g = realloc(z, sizes[j] + 3 * MiB);
+            CHECK(g != NULL, "realloc grow");
+            if (g) {
+                memset(g, 0x77, sizes[j] + 3 * MiB);
+                z = realloc(g, sizes[j] / 2);
+                CHECK(z != NULL, "realloc shrink");
+                if (z) free(z);
+            }
+        }
+}
+
+static void growth_keeps_contents(void)
+{
+    /* a neighbour right after the growing block: growth in place must not take its pages */
+    unsigned char *a = malloc(2 * MiB);
+    unsigned char *b = malloc(2 * MiB);
+    if (!a || !b) {
+        FAILF("malloc failed");
+        return;
+    }
+    rs_fill(a, 2 * MiB, 1);
+    rs_fill(b, 2 * MiB, 2);
+    size_t n = 2 * MiB;
+    for (size_t next = 3 * MiB; next <= 100 * MiB; next = next * 3 / 2) {
+        unsigned char *q = realloc(a, next);
+        CHECK(q != NULL, "realloc(%zu)", next);
+        if (!q) break;
+        a = q;
+        check_block(a, n, 1, "grown block");
+        check_block(b, 2 * MiB, 2, "neighbour of a growing block");
+        rs_fill(a, next, 1);
+        n = next;
+    }
+    /* shrink back into the huge heap's sizes, then grow again */
+    unsigned char *q = realloc(a, 5 * MiB + 3);
+    CHECK(q != NULL, "realloc shrink");
+    if (q) {
+        a = q;
+        n = 5 * MiB + 3;
+        check_block(a, n, 1, "shrunk block");
+        q = realloc(a, 12 * MiB);
+        CHECK(q != NULL, "realloc regrow");
+        if (q) {
+            a = q;
+            check_block(a, n, 1, "regrown block");
+        }
+    }
+    free(b);
+    free(a);
+}
+
+static void loop_does_not_refault(void)
+{
+    const size_t size = 12 * MiB;
+    const int rounds = 200;
+    /* warm up once, then count */
+    unsigned char *p = malloc(size);
+    if (!p) {
+        FAILF("malloc(%zu)", size);
+        return;
+    }
+    memset(p, 1, size);
+    free(p);
+    long before = minflt();
+    for (int i = 0; i < rounds; i++) {
+        p = malloc(size);
+        if (!p) {
+            FAILF("malloc(%zu) round %d", size, i);
+            return;
+        }
+        for (size_t o = 0; o < size; o += 4096) p[o] = (unsigned char)i;
+        free(p);
+    }
+    long faults = minflt() - before;
+    long pages = (long)(size / 4096);
+    printf("huge_reuse: %d rounds of malloc/touch/free of %zu MiB: %ld minor faults (%ld pages per block)\n",
+           rounds, size / MiB, faults, pages);
+    CHECK(faults < 4 * pages, "%ld minor faults over %d rounds of one %zu MiB block: its pages are faulted in again every round",
+          faults, rounds, size / MiB);
+}
+
+int main(void)
+{
+    rs_check_loaded("huge_reuse");
+    loop_does_not_refault();
+    calloc_after_dirty();
+    growth_keeps_contents();
+    return rs_summary("huge_reuse");
+}
