@@ -177,6 +177,25 @@ static void c_free_interior_large(void)
     free(rs_launder(p + 4096));
 }
 
+/* A small block's address with a bit above the 48-bit address space set: it aliases the
+ * block in a page-map lookup that ignores those bits, and must still be refused. */
+static void c_free_noncanonical_alias(void)
+{
+    char *p = xmalloc(64);
+    void *q = (void *)((uintptr_t)p | ((uintptr_t)1 << 52));
+    report(q);
+    free(rs_launder(q));
+}
+
+/* Double free of a huge block (huge heap) and use of a freed huge block by realloc. */
+static void c_double_free_huge(void)
+{
+    void *p = xmalloc(3 << 20);
+    free(p);
+    report(p);
+    free(rs_launder(p));
+}
+
 static void c_realloc_freed(void)
 {
     void *p = xmalloc(64);
@@ -247,6 +266,8 @@ static const struct mcase cases[] = {
     {"realloc_freed_large", "realloc", c_realloc_freed_large, 0},
     {"realloc_stack", "realloc", c_realloc_stack, 0},
     {"free_sized_too_large_big", "free_sized", c_free_sized_too_large_big, 0},
+    {"free_noncanonical_alias", "free", c_free_noncanonical_alias, 0},
+    {"double_free_huge", "free", c_double_free_huge, 0},
 };
 
 static size_t read_all(int fd, char *buf, size_t cap)

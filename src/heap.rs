@@ -44,7 +44,8 @@ fn chunk_ref<'a>(base: usize) -> &'a Chunk {
 /// of the class size and inside the span's blocks.
 #[inline(always)]
 fn small_block_class(a: usize) -> Option<usize> {
-    let e = pagemap::lookup(a);
+    // An aliased address (bits above 48 set) yields an offset far past any span's blocks.
+    let e = pagemap::lookup_fast(a);
     if e & KIND_MASK != KIND_CHUNK {
         return None;
     }
@@ -55,10 +56,8 @@ fn small_block_class(a: usize) -> Option<usize> {
     if c >= NCLASSES {
         return None;
     }
-    let k = size_class::info(c);
     let off = a - ch - ((pi.head as usize) << PAGE_SHIFT);
-    let i = size_class::block_index(k, off);
-    if i * k.size as usize == off && i < k.blocks as usize {
+    if size_class::is_block_start(c, off) {
         Some(c)
     } else {
         None
@@ -251,8 +250,10 @@ pub fn calloc(size: usize) -> *mut u8 {
 #[inline(always)]
 pub fn free(p: *mut u8) {
     if let Some(c) = small_block_class(p as usize) {
-        if !has_free_mark(p) {
-            return free_small(p, c);
+        let secret = init::secret();
+        // SAFETY: `p` is a validated block of at least 16 bytes.
+        if unsafe { *(p as *const u64).add(1) } != secret {
+            return free_small_marked(p, c, secret);
         }
     }
     free_checked(p, "free")
@@ -261,7 +262,12 @@ pub fn free(p: *mut u8) {
 /// Frees `p`, a validated live small block of class `c`.
 #[inline(always)]
 fn free_small(p: *mut u8, c: usize) {
-    let secret = init::secret();
+    free_small_marked(p, c, init::secret())
+}
+
+/// `free_small` with the secret already loaded.
+#[inline(always)]
+fn free_small_marked(p: *mut u8, c: usize, secret: u64) {
     let tc = tcache::current();
     if !tc.is_null() && tcache::push(tc, c, p, secret) {
         return;

@@ -45,6 +45,20 @@ pub fn lookup(addr: usize) -> usize {
     unsafe { (*leaf).e[unit & (LEAF_LEN - 1)].load(Ordering::Relaxed) }
 }
 
+/// `lookup` without the 48-bit check, for the free fast path: an address with higher bits set
+/// may get the entry of the address it aliases. The caller must reject what lies outside
+/// the chunk the entry names (an aliased address is at least 2^47 bytes past it).
+#[inline(always)]
+pub fn lookup_fast(addr: usize) -> usize {
+    let unit = addr >> CHUNK_SHIFT;
+    let leaf = ROOT[(unit >> LEAF_BITS) & ((1 << ROOT_BITS) - 1)].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null root entries point at leaves that are mapped forever.
+    unsafe { (*leaf).e[unit & (LEAF_LEN - 1)].load(Ordering::Relaxed) }
+}
+
 fn leaf_for(unit: usize, create: bool) -> *mut Leaf {
     let slot = &ROOT[unit >> LEAF_BITS];
     let leaf = slot.load(Ordering::Acquire);

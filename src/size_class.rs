@@ -86,6 +86,42 @@ const fn build_classes() -> [ClassInfo; NCLASSES] {
 
 pub static CLASSES: [ClassInfo; NCLASSES] = build_classes();
 
+/// What the free fast path needs to tell a block's start from any other offset in its span,
+/// in one multiplication (Lemire, Kaser and Kurz, "Faster remainder by direct computation",
+/// 2019): `off` is a multiple of the size iff `off * m mod 2^64 < m`, m = ceil(2^64 / size),
+/// for every off below 2^32.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct BlockCheck {
+    m: u64,
+    /// Bytes of the span's blocks (blocks * size): offsets at or past it are no block.
+    limit: u64,
+}
+
+const fn build_checks() -> [BlockCheck; NCLASSES] {
+    let mut t = [BlockCheck { m: 0, limit: 0 }; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        let s = size_of_class(c) as u64;
+        t[c] = BlockCheck {
+            m: (u64::MAX / s).wrapping_add(1),
+            limit: (pages_of_class(c) * PAGE_SIZE / size_of_class(c)) as u64 * s,
+        };
+        c += 1;
+    }
+    t
+}
+
+static BLOCK_CHECKS: [BlockCheck; NCLASSES] = build_checks();
+
+/// Whether byte offset `off` (below 2^32) of a span of class `c` is the start of one of its
+/// blocks.
+#[inline(always)]
+pub fn is_block_start(c: usize, off: usize) -> bool {
+    let k = &BLOCK_CHECKS[c];
+    (off as u64).wrapping_mul(k.m) < k.m && (off as u64) < k.limit
+}
+
 const SMALL_LUT_MAX: usize = 1024;
 const fn smallest_class_for(size: usize) -> u8 {
     let mut c = 0;
@@ -193,6 +229,21 @@ mod tests {
                     "size {} off {off}",
                     k.size
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn block_starts_are_exactly_the_multiples_inside_the_blocks() {
+        for (c, k) in CLASSES.iter().enumerate() {
+            let size = k.size as usize;
+            // every offset a span can produce, and the rest of its chunk
+            for off in (0..crate::config::CHUNK_SIZE).step_by(if c < 8 { 1 } else { 16 }) {
+                let want = off % size == 0 && off / size < k.blocks as usize;
+                assert_eq!(is_block_start(c, off), want, "class {c} size {size} off {off}");
+            }
+            for off in [size - 1, size + 1, (1 << 32) - 16, (1 << 32) - 1] {
+                assert!(!is_block_start(c, off), "class {c} off {off}");
             }
         }
     }
