@@ -122,7 +122,6 @@ pub fn is_block_start(c: usize, off: usize) -> bool {
     (off as u64).wrapping_mul(k.m) < k.m && (off as u64) < k.limit
 }
 
-const SMALL_LUT_MAX: usize = 1024;
 const fn smallest_class_for(size: usize) -> u8 {
     let mut c = 0;
     while c < NCLASSES - 1 && size_of_class(c) < size {
@@ -130,29 +129,25 @@ const fn smallest_class_for(size: usize) -> u8 {
     }
     c as u8
 }
-const fn build_lut<const N: usize>(step: usize) -> [u8; N] {
-    let mut t = [0u8; N];
+const LUT_LEN: usize = 4096;
+const fn build_lut() -> [u8; LUT_LEN] {
+    let mut t = [0u8; LUT_LEN];
     let mut i = 0;
-    while i < N {
-        t[i] = smallest_class_for(i * step);
+    while i < LUT_LEN {
+        t[i] = smallest_class_for(i * 16);
         i += 1;
     }
     t
 }
-// Both tables are padded to a power of two so that a mask, not a bounds check, keeps the
-// index in range (sizes above the table's limit never reach it).
-static LUT_16: [u8; 128] = build_lut(16);
-static LUT_128: [u8; 512] = build_lut(128);
+// One entry per 16 bytes up to SMALL_MAX (2 KiB of it is ever read), padded to a power of
+// two so that a mask, not a bounds check, keeps the index in range: one load, no branch.
+static LUT: [u8; LUT_LEN] = build_lut();
 
 /// The class serving `size` bytes; `size` must be at most SMALL_MAX.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
     debug_assert!(size <= SMALL_MAX);
-    if size <= SMALL_LUT_MAX {
-        LUT_16[((size + 15) >> 4) & 127] as usize
-    } else {
-        LUT_128[((size + 127) >> 7) & 511] as usize
-    }
+    LUT[((size + 15) >> 4) & (LUT_LEN - 1)] as usize
 }
 
 #[inline(always)]
@@ -167,7 +162,7 @@ pub fn block_index(c: &ClassInfo, off: usize) -> usize {
 }
 
 const _: () = assert!(size_of_class(NCLASSES - 1) == SMALL_MAX);
-const _: () = assert!(SMALL_MAX % 128 == 0 && SMALL_MAX / 128 < 512 && SMALL_LUT_MAX / 16 < 128);
+const _: () = assert!(SMALL_MAX % 16 == 0 && SMALL_MAX / 16 < LUT_LEN);
 
 #[cfg(test)]
 mod tests {
