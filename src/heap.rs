@@ -318,31 +318,40 @@ pub fn usable_size(p: *mut u8, func: &str) -> usize {
 
 /// Resizes `p` (non-null) to `size` (non-zero). Null when memory is exhausted; `p` is then
 /// untouched.
+#[inline(always)]
 pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
-    let a = p as usize;
     // Fast path: a live small block.
-    if let Some(c) = small_block_class(a) {
+    if let Some(c) = small_block_class(p as usize) {
         if !has_free_mark(p) {
             let usable = CLASSES[c].size as usize;
             if size <= usable {
                 return p;
             }
-            // A small block that grows is likely to grow again (vectors, strings): give it
-            // room to double once more in place, as glibc's in-place growth does.
-            let room = if size <= SMALL_MAX / 2 {
-                size * 2
-            } else {
-                size
-            };
-            let q = malloc(room);
-            if !q.is_null() {
-                // SAFETY: both blocks are live and distinct; p holds `usable` < size bytes.
-                unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
-                free_small(p, c);
-            }
-            return q;
+            return grow_small(p, c, usable, size);
         }
     }
+    realloc_slow(p, size)
+}
+
+/// Moves the live small block `p` of class `c` (`usable` bytes) to a block of at least
+/// `size` > usable bytes.
+#[inline(never)]
+fn grow_small(p: *mut u8, c: usize, usable: usize, size: usize) -> *mut u8 {
+    // A small block that grows is likely to grow again (vectors, strings): give it room to
+    // double once more in place, as glibc's in-place growth does.
+    let room = if size <= SMALL_MAX / 2 { size * 2 } else { size };
+    let q = malloc(room);
+    if !q.is_null() {
+        // SAFETY: both blocks are live and distinct; p holds `usable` < size bytes.
+        unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
+        free_small(p, c);
+    }
+    q
+}
+
+#[inline(never)]
+fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
+    let a = p as usize;
     let old = match locate(a) {
         Located::Small(c) => {
             if has_free_mark(p) && is_freed_small(p, c) {
