@@ -454,6 +454,12 @@ pub fn counters(wait: bool) -> Option<[u64; 7]> {
     ])
 }
 
+/// Re-applies the budget now: the arenas just shrank in bulk (a program freeing everything
+/// may free its huge objects first, while its small ones still count as live).
+pub fn enforce() {
+    HEAP.lock().enforce_budget();
+}
+
 /// Purges every dirty granule and all slack now (memory pressure, malloc_trim); the bytes
 /// purged.
 pub fn purge_all() -> usize {

@@ -330,6 +330,8 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             cache_ref(tc).pressure_seen = events;
             flush_all(tc);
             set_draining(tc, true);
+            // Huge objects freed before the arenas shrank were kept against the old budget.
+            crate::region::enforce();
         }
         if push(tc, c, p, secret) {
             return;
