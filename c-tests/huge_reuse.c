@@ -8,7 +8,10 @@
  *   on every round (no madvise/munmap thrash): minor faults stay near one block's pages. */
 #include "common.h"
 
+#include <malloc.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 #define MiB ((size_t)1 << 20)
 
@@ -127,11 +130,48 @@ static void loop_does_not_refault(void)
           faults, rounds, size / MiB);
 }
 
+/* Under mlockall the kernel refuses to purge (madvise DONTNEED on locked pages): memory the
+ * allocator tried to give back keeps its contents, and calloc must still read zero. Run in a
+ * child so that the lock stays there. */
+static void calloc_zero_when_purge_refused(void)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        FAILF("fork failed");
+        return;
+    }
+    if (pid == 0) {
+        if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) _exit(77); /* not permitted here: skip */
+        for (int round = 0; round < 4; round++) {
+            size_t n = 5 * MiB + (size_t)round * 4096;
+            unsigned char *d = malloc(n);
+            if (!d) _exit(3);
+            memset(d, 0xC3, n);
+            free(d);
+            malloc_trim(0);
+            unsigned char *z = calloc(1, n);
+            if (!z) _exit(4);
+            if (rs_first_nonzero(z, n) != (size_t)-1) _exit(5);
+            free(z);
+        }
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+        printf("huge_reuse: mlockall not permitted; purge-refused case skipped\n");
+        return;
+    }
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "under mlockall (purges refused), calloc of a reused huge block: child status %#x (5: not zero)", st);
+}
+
 int main(void)
 {
     rs_check_loaded("huge_reuse");
     loop_does_not_refault();
     calloc_after_dirty();
     growth_keeps_contents();
+    calloc_zero_when_purge_refused();
     return rs_summary("huge_reuse");
 }

@@ -95,10 +95,11 @@ pub fn unmap(p: *mut u8, len: usize) {
 }
 
 /// Drops the physical pages of a range but keeps its address space; the next touch
-/// reads zeros.
-pub fn purge(p: *mut u8, len: usize) {
+/// reads zeros. False when the kernel refused (locked memory under mlockall, a seccomp
+/// filter): the pages keep their contents.
+pub fn purge(p: *mut u8, len: usize) -> bool {
     // SAFETY: callers pass a free range of a mapping this allocator owns.
-    keep_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) });
+    keep_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) }) == 0
 }
 
 /// Runs `f` and puts errno back as it was: a call that succeeds must not change errno, even

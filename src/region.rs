@@ -13,6 +13,7 @@
 //! taken dirty); slack counts as dirty and is purged like it.
 
 use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::config::{CHUNK_SHIFT, CHUNK_SIZE, PURGE_EPOCH_NS};
 use crate::lock::{Guard, Mutex};
@@ -26,6 +27,8 @@ const MAX_REGIONS: usize = 256;
 /// Dirty granules kept per live granule of arena pages; twice as many per live granule of
 /// huge objects (see `budget`).
 const BUDGET_FACTOR: usize = 8;
+/// The budget never exceeds this many granules (128 MiB), however much is live.
+const MAX_BUDGET: usize = 32;
 /// The budget's floor in granules: at least this, at most MAX_FLOOR (64 MiB, like glibc's
 /// largest trim threshold).
 const MIN_FLOOR: usize = 2;
@@ -73,6 +76,8 @@ pub struct Heap {
     /// Granules of the object freed last: the floor keeps at most that much (a cycle of
     /// allocating and freeing one object reuses it; a bulk free keeps no more than one).
     last_freed: usize,
+    /// Whether the kernel ever refused a purge: then no granule is known to read zero.
+    purge_fails: bool,
     /// Whether the budget purged anything in this epoch / the previous one.
     budget_purged: bool,
     budget_purged_before: bool,
@@ -94,6 +99,7 @@ impl Heap {
             dirty_granules: 0,
             floor: MIN_FLOOR,
             last_freed: 0,
+            purge_fails: false,
             budget_purged: false,
             budget_purged_before: false,
             epoch_start: 0,
@@ -106,6 +112,10 @@ impl Heap {
 }
 
 static HEAP: Mutex<Heap> = Mutex::new(Heap::new());
+/// Mirrors of the heap's state for `tick_if_due`, which must not take the lock for nothing:
+/// whether anything is dirty, and when the current epoch started.
+static ANY_DIRTY: AtomicBool = AtomicBool::new(false);
+static EPOCH_START: AtomicU64 = AtomicU64::new(0);
 
 pub fn lock() -> Guard<'static, Heap> {
     HEAP.lock()
@@ -144,7 +154,9 @@ pub fn find_run(free: u64, n: usize) -> Option<usize> {
 /// arena pages live: a multiple of what the program uses, but only `floor` once it has freed
 /// (nearly) everything, so that an idle program gives its memory back.
 fn budget(live_granules: usize, arena_bytes: usize, floor: usize) -> usize {
-    (2 * BUDGET_FACTOR * live_granules + BUDGET_FACTOR * arena_bytes / GRANULE).max(floor)
+    (2 * BUDGET_FACTOR * live_granules + BUDGET_FACTOR * arena_bytes / GRANULE)
+        .min(MAX_BUDGET)
+        .max(floor)
 }
 
 /// Which purge a range counts as (statistics only).
@@ -168,7 +180,10 @@ impl Heap {
     }
 
     fn purge_range(&mut self, start: usize, len: usize, why: Why) {
-        os::purge(start as *mut u8, len);
+        if !os::purge(start as *mut u8, len) {
+            // Purged memory can no longer be trusted to read zero.
+            self.purge_fails = true;
+        }
         stats::add_purged_pages(len / crate::config::PAGE_SIZE);
         let counter = match why {
             Why::Decay => &mut self.purged_decay,
@@ -246,7 +261,8 @@ impl Heap {
         if dirty & (1 << (g + n - 1)) != 0 {
             self.note_slack(r, g + n - 1, os::round_page(len) - (n - 1) * GRANULE);
         }
-        Some((self.regions[r].base + (g << CHUNK_SHIFT), dirty == 0))
+        self.publish();
+        Some((self.regions[r].base + (g << CHUNK_SHIFT), dirty == 0 && !self.purge_fails))
     }
 
     /// Maps a new region; its index.
@@ -285,6 +301,7 @@ impl Heap {
         self.last_freed = n;
         self.tick();
         self.enforce_budget();
+        self.publish();
     }
 
     /// Grows the object at `base` from `old_len` to `new_len` bytes without moving it, if the
@@ -373,6 +390,12 @@ impl Heap {
             reg.slack_old = reg.slack_new;
             reg.slack_new = 0;
         }
+        EPOCH_START.store(now, Relaxed);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        ANY_DIRTY.store(self.dirty_granules != 0, Relaxed);
     }
 
     /// Purges dirty granules and slack while they exceed the budget (see `budget`). A
@@ -406,6 +429,22 @@ impl Heap {
                         self.purge_slack(r, g, Why::Budget);
                     }
                 }
+            }
+        }
+    }
+
+    /// Gives the address space of regions without a live object back to the kernel (after
+    /// `purge(true)`: nothing in them is dirty), so that a program near its address-space
+    /// limit can map elsewhere.
+    fn unmap_empty(&mut self) {
+        let mut r = 0;
+        while r < self.n {
+            if self.regions[r].used == 0 {
+                os::unmap(self.regions[r].base as *mut u8, REGION_SIZE);
+                self.n -= 1;
+                self.regions[r] = self.regions[self.n];
+            } else {
+                r += 1;
             }
         }
     }
@@ -454,10 +493,26 @@ pub fn counters(wait: bool) -> Option<[u64; 7]> {
     ])
 }
 
+/// Runs the purge epochs from outside the huge heap (thread-cache refills and flushes), so
+/// that dirty granules are given back within two epochs even when the program no longer
+/// allocates huge objects. Cheap when nothing is due; never waits for the lock.
+pub fn tick_if_due() {
+    if !ANY_DIRTY.load(Relaxed)
+        || os::now_ns().wrapping_sub(EPOCH_START.load(Relaxed)) < PURGE_EPOCH_NS.load(Relaxed)
+    {
+        return;
+    }
+    if let Some(mut h) = HEAP.try_lock() {
+        h.tick();
+    }
+}
+
 /// Re-applies the budget now: the arenas just shrank in bulk (a program freeing everything
 /// may free its huge objects first, while its small ones still count as live).
 pub fn enforce() {
-    HEAP.lock().enforce_budget();
+    let mut h = HEAP.lock();
+    h.enforce_budget();
+    h.publish();
 }
 
 /// Purges every dirty granule and all slack now (memory pressure, malloc_trim); the bytes
@@ -466,6 +521,8 @@ pub fn purge_all() -> usize {
     let mut h = HEAP.lock();
     let before = h.purged_other;
     h.purge(true, Why::Other);
+    h.unmap_empty();
+    h.publish();
     (h.purged_other - before) as usize
 }
 

@@ -236,6 +236,7 @@ pub fn arena_of(tc: *mut TCache) -> usize {
 /// Refills class `c` and pops one block; null when memory is exhausted.
 #[inline(never)]
 pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
+    crate::region::tick_if_due();
     if cache_ref(tc).draining {
         set_draining(tc, false);
     }
@@ -342,6 +343,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
                 set_draining(tc, false);
             }
         } else {
+            crate::region::tick_if_due();
             let cap = cache_ref(tc).bins[c].cap as usize;
             flush(tc, c, (cap / 2).max(1));
             if push(tc, c, p, secret) {
