@@ -129,12 +129,18 @@ static void c_double_free_while_draining(void)
     free(rs_launder(p));
 }
 
-static void c_double_free_large(void)
+/* Allocates n bytes, frees them, then frees the same pointer again. */
+static void double_free_of(size_t n)
 {
-    void *p = xmalloc(1 << 20);
+    void *p = xmalloc(n);
     free(p);
     report(p);
     free(rs_launder(p));
+}
+
+static void c_double_free_large(void)
+{
+    double_free_of(1 << 20);
 }
 
 static void c_free_stack(void)
@@ -187,13 +193,10 @@ static void c_free_noncanonical_alias(void)
     free(rs_launder(q));
 }
 
-/* Double free of a huge block (huge heap) and use of a freed huge block by realloc. */
+/* Double free of a huge block (one in the huge heap). */
 static void c_double_free_huge(void)
 {
-    void *p = xmalloc(3 << 20);
-    free(p);
-    report(p);
-    free(rs_launder(p));
+    double_free_of(3 << 20);
 }
 
 static void c_realloc_freed(void)

@@ -108,6 +108,12 @@ fn span_ref<'a>(s: *mut Span) -> &'a mut Span {
     unsafe { &mut *s }
 }
 
+/// Whether page `idx` of `ch` starts a live large object (checked under the arena lock:
+/// of two racing frees or reallocs of one object, the second finds it freed).
+fn is_live_large(ch: &Chunk, idx: usize) -> bool {
+    ch.info[idx].kind == KIND_LARGE && ch.info[idx].head as usize == idx && !ch.page_is_free(idx)
+}
+
 impl ArenaState {
     fn list_push(&mut self, c: usize, s: *mut Span) {
         let sp = span_ref(s);
@@ -288,10 +294,7 @@ impl ArenaState {
     /// lock: two racing frees of one object must not both return its pages.
     pub fn free_large(&mut self, c: *mut Chunk, idx: usize, func: &str) {
         let ch = chunk_ref(c);
-        if ch.info[idx].kind != KIND_LARGE
-            || ch.info[idx].head as usize != idx
-            || ch.page_is_free(idx)
-        {
+        if !is_live_large(ch, idx) {
             fatal(func, "double free", ch.page_addr(idx));
         }
         let n = ch.spans[idx].npages as usize;
@@ -301,10 +304,7 @@ impl ArenaState {
     /// Resizes a large object in place to `npages`; false if the pages after it are taken.
     pub fn resize_large(&mut self, c: *mut Chunk, idx: usize, npages: usize) -> bool {
         let ch = chunk_ref(c);
-        if ch.info[idx].kind != KIND_LARGE
-            || ch.info[idx].head as usize != idx
-            || ch.page_is_free(idx)
-        {
+        if !is_live_large(ch, idx) {
             fatal("realloc", "freed pointer", ch.page_addr(idx));
         }
         let old = ch.spans[idx].npages as usize;

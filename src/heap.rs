@@ -107,8 +107,14 @@ fn is_freed_small(p: *mut u8, c: usize) -> bool {
 
 /// Whether small block `p` carries the free mark (see `is_freed_small`).
 fn has_free_mark(p: *mut u8) -> bool {
+    has_mark(p, init::secret())
+}
+
+/// `has_free_mark` with the secret already loaded.
+#[inline(always)]
+fn has_mark(p: *mut u8, secret: u64) -> bool {
     // SAFETY: `p` is a validated block of at least 16 bytes.
-    unsafe { *(p as *const u64).add(1) == init::secret() }
+    unsafe { *(p as *const u64).add(1) == secret }
 }
 
 /// The malloc fast path alone: a block from this thread's cache, or null (then call
@@ -251,8 +257,7 @@ pub fn calloc(size: usize) -> *mut u8 {
 pub fn free(p: *mut u8) {
     if let Some(c) = small_block_class(p as usize) {
         let secret = init::secret();
-        // SAFETY: `p` is a validated block of at least 16 bytes.
-        if unsafe { *(p as *const u64).add(1) } != secret {
+        if !has_mark(p, secret) {
             return free_small_marked(p, c, secret);
         }
     }

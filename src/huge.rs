@@ -61,6 +61,27 @@ fn seal_freed(base: usize, h: &mut Header) {
     h.canary = !canary_of(base, h);
 }
 
+/// Lays a new header (canary not yet set) at `base`, the start of memory of ours at least one
+/// page long that no live object uses.
+fn write_header<'a>(
+    base: usize,
+    map_len: usize,
+    user_off: usize,
+    base_align: usize,
+    in_region: usize,
+) -> &'a mut Header {
+    let h = Header {
+        canary: 0,
+        map_len,
+        user_off,
+        base_align,
+        in_region,
+    };
+    // SAFETY: per the contract the page at `base` is ours and unused; the header fits in it.
+    unsafe { (base as *mut Header).write(h) };
+    header_of(base)
+}
+
 fn header_of<'a>(base: usize) -> &'a mut Header {
     // SAFETY: `base` comes from a page-map entry of kind huge (or the cache), which exists
     // only while the mapping (whose first bytes are this header) exists.
@@ -185,17 +206,8 @@ fn take_cached(need: usize) -> Option<usize> {
     if len > split && cache.n < CACHE_SLOTS {
         let tail = c.base + split;
         let tail_len = len - split;
-        // SAFETY: the tail's first page belongs to the cached mapping, which we own.
-        unsafe {
-            (tail as *mut Header).write(Header {
-                canary: 0,
-                map_len: tail_len,
-                user_off: OS_PAGE,
-                base_align: CHUNK_SIZE,
-                in_region: 0,
-            })
-        };
-        seal_freed(tail, header_of(tail));
+        // The tail's first page belongs to the cached mapping, which we own.
+        seal_freed(tail, write_header(tail, tail_len, OS_PAGE, CHUNK_SIZE, 0));
         if pagemap::register(tail, tail_len, tail | pagemap::KIND_HUGE) {
             let n = cache.n;
             cache.e[n] = Cached {
@@ -295,18 +307,8 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
 fn alloc_in_region(map_len: usize) -> Option<(*mut u8, bool)> {
     let mut heap = region::lock();
     let (base, zero) = heap.alloc(map_len)?;
-    // SAFETY: the granules at `base` were just taken for this object; the header fits in its
-    // first page.
-    unsafe {
-        (base as *mut Header).write(Header {
-            canary: 0,
-            map_len,
-            user_off: OS_PAGE,
-            base_align: region::GRANULE,
-            in_region: 1,
-        })
-    };
-    seal(base, header_of(base));
+    // The granules at `base` were just taken for this object.
+    seal(base, write_header(base, map_len, OS_PAGE, region::GRANULE, 1));
     if !pagemap::register(base, map_len, base | pagemap::KIND_HUGE) {
         heap.free(base, map_len);
         return None;
@@ -381,17 +383,7 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
         os::unmap(base, map_len);
         return core::ptr::null_mut();
     }
-    // SAFETY: the mapping is fresh and at least one page long; the header fits in it.
-    unsafe {
-        (base as *mut Header).write(Header {
-            canary: 0,
-            map_len,
-            user_off,
-            base_align,
-            in_region: 0,
-        })
-    };
-    seal(base as usize, header_of(base as usize));
+    seal(base as usize, write_header(base as usize, map_len, user_off, base_align, 0));
     stats::add_huge(map_len as isize, 1);
     CACHE.lock().live += map_len;
     (base as usize + user_off) as *mut u8

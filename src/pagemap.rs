@@ -36,13 +36,10 @@ static GROW: Mutex<()> = Mutex::new(());
 /// The entry for `addr`: 0 when no chunk or huge mapping of ours covers it.
 #[inline(always)]
 pub fn lookup(addr: usize) -> usize {
-    let unit = addr >> CHUNK_SHIFT;
-    let leaf = ROOT[(unit >> LEAF_BITS) & ((1 << ROOT_BITS) - 1)].load(Ordering::Acquire);
-    if leaf.is_null() || addr >> ADDR_BITS != 0 {
+    if addr >> ADDR_BITS != 0 {
         return 0;
     }
-    // SAFETY: non-null root entries point at leaves that are mapped forever.
-    unsafe { (*leaf).e[unit & (LEAF_LEN - 1)].load(Ordering::Relaxed) }
+    lookup_fast(addr)
 }
 
 /// `lookup` without the 48-bit check, for the free fast path: an address with higher bits set

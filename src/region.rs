@@ -419,12 +419,7 @@ impl Heap {
                     }
                     let g = GRANULES - 1 - bits.leading_zeros() as usize;
                     if pass < 2 {
-                        let reg = &mut self.regions[r];
-                        reg.dirty_old &= !(1 << g);
-                        reg.dirty_new &= !(1 << g);
-                        self.dirty_granules -= 1;
-                        let start = reg.base + (g << CHUNK_SHIFT);
-                        self.purge_range(start, GRANULE, Why::Budget);
+                        self.purge_free(r, 1 << g, Why::Budget);
                     } else {
                         self.purge_slack(r, g, Why::Budget);
                     }
@@ -449,25 +444,30 @@ impl Heap {
         }
     }
 
+    /// Purges the dirty free granules `bits` of region `r`, one madvise per run of adjacent
+    /// ones; they are clean afterwards.
+    fn purge_free(&mut self, r: usize, mut bits: u64, why: Why) {
+        let reg = &mut self.regions[r];
+        reg.dirty_old &= !bits;
+        reg.dirty_new &= !bits;
+        self.dirty_granules -= bits.count_ones() as usize;
+        let base = reg.base;
+        while bits != 0 {
+            let g = bits.trailing_zeros() as usize;
+            let run = (!(bits >> g)).trailing_zeros() as usize;
+            self.purge_range(base + (g << CHUNK_SHIFT), run * GRANULE, why);
+            bits &= !mask(g, run);
+        }
+    }
+
     /// Purges what has been dirty (or slack) since before this epoch, or everything if
     /// `all`.
     fn purge(&mut self, all: bool, why: Why) {
         for r in 0..self.n {
-            let reg = &mut self.regions[r];
-            let mut bits = reg.dirty_old | if all { reg.dirty_new } else { 0 };
-            let slack = reg.slack_old | if all { reg.slack_new } else { 0 };
-            reg.dirty_old &= !bits;
-            reg.dirty_new &= !bits;
-            self.dirty_granules -= bits.count_ones() as usize;
-            let base = reg.base;
-            while bits != 0 {
-                // One madvise per run of adjacent dirty granules.
-                let g = bits.trailing_zeros() as usize;
-                let run = (!(bits >> g)).trailing_zeros() as usize;
-                self.purge_range(base + (g << CHUNK_SHIFT), run * GRANULE, why);
-                bits &= !mask(g, run);
-            }
-            let mut slack = slack;
+            let reg = &self.regions[r];
+            let bits = reg.dirty_old | if all { reg.dirty_new } else { 0 };
+            let mut slack = reg.slack_old | if all { reg.slack_new } else { 0 };
+            self.purge_free(r, bits, why);
             while slack != 0 {
                 let g = slack.trailing_zeros() as usize;
                 self.purge_slack(r, g, why);
