@@ -10,8 +10,9 @@ all: lib c-tests-build bench-programs
 
 # The shared library is built as a cdylib alone: compiled together with the rlib, internal
 # symbols stay preemptible and every table and call on the fast path goes through the GOT.
+# `--cfg rsmalloc_so` makes it no_std (see src/lib.rs): no Rust runtime, no libgcc_s.
 lib:
-	$(CARGO) rustc --release --lib --crate-type cdylib
+	$(CARGO) rustc --release --lib --crate-type cdylib -- --cfg rsmalloc_so
 
 setup:
 	bash scripts/setup.sh

@@ -121,6 +121,20 @@ pub fn fatal(func: &str, what: &str, addr: usize) -> ! {
     os::abort()
 }
 
+/// Stops the process after a panic (a bug in rsmalloc): `rsmalloc: internal error at <file>:<line>`.
+#[cold]
+#[cfg_attr(not(rsmalloc_so), allow(dead_code))]
+pub fn internal_error(at: Option<(&str, u32)>) -> ! {
+    let mut w = Writer::new(Sink::Stderr);
+    w.str("rsmalloc: internal error");
+    if let Some((file, line)) = at {
+        w.str(" at ").str(file).str(":").dec(line as u64);
+    }
+    w.str("\n");
+    w.flush();
+    os::abort()
+}
+
 /// A warning line that does not stop the process (bad options and the like).
 pub fn warn(parts: &[&[u8]]) {
     let mut w = Writer::new(Sink::Stderr);
