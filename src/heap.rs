@@ -8,12 +8,12 @@
 //! check, push. Everything else is `#[inline(never)]`.
 
 use crate::arena;
-use crate::config::{LARGE_MAX, PAGES_PER_CHUNK, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
+use crate::config::{CHUNK_SIZE, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
 use crate::huge;
 use crate::init;
 use crate::pagemap::{self, KIND_CHUNK, KIND_HUGE, KIND_MASK};
 use crate::report::fatal;
-use crate::size_class::{self, class_of, CLASSES, NCLASSES};
+use crate::size_class::{self, class_of, CLASSES};
 use crate::span::{Chunk, KIND_LARGE};
 use crate::tcache::{self, TCache};
 
@@ -40,25 +40,20 @@ fn chunk_ref<'a>(base: usize) -> &'a Chunk {
 }
 
 /// The class of `a` when it is the start of a small block of ours — the whole validation of
-/// the free fast path: page-map entry of kind chunk, page of a small span, offset a multiple
-/// of the class size and inside the span's blocks.
+/// the free fast path: a chunk of ours covers it (flat map), its page belongs to a small span,
+/// and its offset in the span is a multiple of the class size inside the span's blocks.
 #[inline(always)]
 fn small_block_class(a: usize) -> Option<usize> {
-    // An aliased address (bits above 48 set) yields an offset far past any span's blocks.
-    let e = pagemap::lookup_fast(a);
-    if e & KIND_MASK != KIND_CHUNK {
+    if !pagemap::is_chunk(a) {
         return None;
     }
-    let ch = e - KIND_CHUNK;
-    // The mask keeps the index in range without a bounds check: a - ch < CHUNK_SIZE.
-    let pi = chunk_ref(ch).info[((a - ch) >> PAGE_SHIFT) & (PAGES_PER_CHUNK - 1)];
-    let c = pi.kind.wrapping_sub(1) as usize;
-    if c >= NCLASSES {
-        return None;
-    }
-    let off = a - ch - ((pi.head as usize) << PAGE_SHIFT);
-    if size_class::is_block_start(c, off) {
-        Some(c)
+    let in_chunk = a & (CHUNK_SIZE - 1);
+    let w = chunk_ref(a - in_chunk).page_word(in_chunk >> PAGE_SHIFT);
+    let kind = w as u8;
+    // The span starts at page `head` = w >> 8 (head <= the page's own index).
+    let off = in_chunk.wrapping_sub(((w >> 8) as usize) << PAGE_SHIFT);
+    if size_class::is_block_start_of_kind(kind, off) {
+        Some(kind as usize - 1)
     } else {
         None
     }
@@ -122,10 +117,7 @@ fn has_mark(p: *mut u8, secret: u64) -> bool {
 #[inline(always)]
 pub fn malloc_cached(size: usize) -> *mut u8 {
     if size <= SMALL_MAX {
-        let tc = tcache::current();
-        if !tc.is_null() {
-            return tcache::pop(tc, class_of(size));
-        }
+        return tcache::pop(tcache::current(), class_of(size));
     }
     core::ptr::null_mut()
 }
@@ -141,12 +133,9 @@ pub fn malloc(size: usize) -> *mut u8 {
 /// A block of class `c` (cache first).
 #[inline(always)]
 fn alloc_class(c: usize) -> *mut u8 {
-    let tc = tcache::current();
-    if !tc.is_null() {
-        let p = tcache::pop(tc, c);
-        if !p.is_null() {
-            return p;
-        }
+    let p = tcache::pop(tcache::current(), c);
+    if !p.is_null() {
+        return p;
     }
     alloc_class_slow(c)
 }
@@ -273,8 +262,7 @@ fn free_small(p: *mut u8, c: usize) {
 /// `free_small` with the secret already loaded.
 #[inline(always)]
 fn free_small_marked(p: *mut u8, c: usize, secret: u64) {
-    let tc = tcache::current();
-    if !tc.is_null() && tcache::push(tc, c, p, secret) {
+    if tcache::push(tcache::current(), c, p, secret) {
         return;
     }
     tcache::free_slow(p, c, secret)

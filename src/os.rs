@@ -124,6 +124,43 @@ fn advise_thp(p: *mut u8, len: usize) {
     keep_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, advice) });
 }
 
+/// Reserves `len` bytes that read as zeros and cannot be written (PROT_READ, MAP_NORESERVE):
+/// untouched pages are the kernel's shared zero page, charged to nothing and not resident,
+/// even under mlockall. `allow_write` opens parts of it. Null when the kernel refuses.
+pub fn reserve_zeros(len: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing memory.
+    let p = keep_errno(|| unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    });
+    if p == libc::MAP_FAILED {
+        null_mut()
+    } else {
+        p as *mut u8
+    }
+}
+
+/// Makes the OS pages covering `[p, p+len)` of a `reserve_zeros` mapping writable. False when
+/// the kernel refuses (out of memory for page tables or VMAs).
+pub fn allow_write(p: *mut u8, len: usize) -> bool {
+    let start = p as usize & !(OS_PAGE - 1);
+    let end = round_page(p as usize + len);
+    // SAFETY: the range lies inside a reserve_zeros mapping of ours; its contents stay.
+    keep_errno(|| unsafe {
+        libc::mprotect(
+            start as *mut libc::c_void,
+            end - start,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    }) == 0
+}
+
 /// Makes a range inaccessible (a guard: any access faults).
 pub fn protect_none(p: *mut u8, len: usize) {
     // SAFETY: callers pass a range of a mapping of ours that holds nothing.

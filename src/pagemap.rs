@@ -7,6 +7,11 @@
 //! Leaves (64 KiB each) are mapped on first use and never released; the root is 64 KiB of
 //! .bss. Reads take no lock: an entry is written before the pointers it covers are handed
 //! out, and cleared only after none of them is live.
+//!
+//! Beside the tree, for the free fast path: a flat byte per 4 MiB unit of the 47-bit user
+//! address space (32 MiB of address space, read-only zero pages until a chunk's byte is
+//! written), 1 where a chunk lives. Chunks are 4 MiB-aligned, so `is_chunk` is one shift,
+//! one compare and one byte load, against two dependent loads and a null test in the tree.
 
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -32,6 +37,52 @@ static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(null_mut()) }; 1 << ROOT_BITS];
 /// Serialises leaf creation (entries themselves are written by their range's owner).
 static GROW: Mutex<()> = Mutex::new(());
+
+/// Units the flat map covers (the 47-bit user address space); 0 until it is mapped.
+const FLAT_LEN: usize = 1 << (47 - CHUNK_SHIFT);
+static FLAT: AtomicPtr<u8> = AtomicPtr::new(null_mut());
+static FLAT_UNITS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a chunk of ours (4 MiB-aligned) covers `addr`: then its header is mapped.
+#[inline(always)]
+pub fn is_chunk(addr: usize) -> bool {
+    let unit = addr >> CHUNK_SHIFT;
+    // An address above the user space (or an alias with high bits set) is no unit.
+    if unit >= FLAT_UNITS.load(Ordering::Acquire) {
+        return false;
+    }
+    // SAFETY: FLAT was published before FLAT_UNITS and maps FLAT_UNITS readable bytes forever.
+    unsafe { *FLAT.load(Ordering::Relaxed).add(unit) == 1 }
+}
+
+/// Marks or clears the flat map's byte of chunk unit `unit` (under GROW). The map is created
+/// on the first chunk; without it (the kernel refused 32 MiB of address space) `is_chunk`
+/// answers false and every free takes the tree.
+fn flat_set(unit: usize, on: bool) {
+    if unit >= FLAT_LEN {
+        return;
+    }
+    let mut flat = FLAT.load(Ordering::Relaxed);
+    if flat.is_null() {
+        if !on {
+            return;
+        }
+        flat = os::reserve_zeros(FLAT_LEN);
+        if flat.is_null() {
+            return;
+        }
+        FLAT.store(flat, Ordering::Relaxed);
+        FLAT_UNITS.store(FLAT_LEN, Ordering::Release);
+    }
+    // SAFETY: unit < FLAT_LEN, inside the mapping.
+    let b = unsafe { flat.add(unit) };
+    if on && !os::allow_write(b, 1) {
+        // The byte stays 0: this chunk's frees take the tree.
+        return;
+    }
+    // SAFETY: the byte's page is writable (made so when a chunk on it was first marked).
+    unsafe { core::ptr::write_volatile(b, on as u8) };
+}
 
 /// The entry for `addr`: 0 when no chunk or huge mapping of ours covers it.
 #[inline(always)]
@@ -88,12 +139,21 @@ pub fn register(start: usize, len: usize, value: usize) -> bool {
         }
     }
     store_range(first, last, value);
+    if value & KIND_MASK == KIND_CHUNK {
+        let _g = GROW.lock();
+        flat_set(first, true);
+    }
     true
 }
 
 /// Clears every unit of `[start, start+len)`.
 pub fn unregister(start: usize, len: usize) {
-    store_range(start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT, 0);
+    let (first, last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
+    if lookup(start) & KIND_MASK == KIND_CHUNK {
+        let _g = GROW.lock();
+        flat_set(first, false);
+    }
+    store_range(first, last, 0);
 }
 
 /// Clears the units a range of `old_len` bytes at `start` covers but its first `new_len`
@@ -141,5 +201,22 @@ mod tests {
         unregister(base, 3 << CHUNK_SHIFT);
         assert_eq!(lookup(base + 5), 0);
         assert_eq!(lookup(usize::MAX - 7), 0);
+    }
+
+    #[test]
+    fn flat_map_marks_chunks_only() {
+        let base = 0x3c3c_0000_0000usize & !((1 << CHUNK_SHIFT) - 1);
+        assert!(!is_chunk(base));
+        assert!(register(base, 1 << CHUNK_SHIFT, base | KIND_CHUNK));
+        assert!(is_chunk(base) && is_chunk(base + (1 << CHUNK_SHIFT) - 1));
+        assert!(!is_chunk(base + (1 << CHUNK_SHIFT)) && !is_chunk(base - 1));
+        // an alias with high bits set is no chunk
+        assert!(!is_chunk(base | 1 << 60));
+        let huge = base + (8 << CHUNK_SHIFT);
+        assert!(register(huge, 1 << CHUNK_SHIFT, huge | KIND_HUGE));
+        assert!(!is_chunk(huge));
+        unregister(huge, 1 << CHUNK_SHIFT);
+        unregister(base, 1 << CHUNK_SHIFT);
+        assert!(!is_chunk(base));
     }
 }

@@ -98,12 +98,14 @@ pub struct BlockCheck {
     limit: u64,
 }
 
-const fn build_checks() -> [BlockCheck; NCLASSES] {
-    let mut t = [BlockCheck { m: 0, limit: 0 }; NCLASSES];
+/// Indexed by a page's kind byte (class + 1; 0 and the large kind get m = 0, which no offset
+/// passes), so the free path needs no separate "is this a small page" test.
+const fn build_checks() -> [BlockCheck; 256] {
+    let mut t = [BlockCheck { m: 0, limit: 0 }; 256];
     let mut c = 0;
     while c < NCLASSES {
         let s = size_of_class(c) as u64;
-        t[c] = BlockCheck {
+        t[c + 1] = BlockCheck {
             m: (u64::MAX / s).wrapping_add(1),
             limit: (pages_of_class(c) * PAGE_SIZE / size_of_class(c)) as u64 * s,
         };
@@ -112,13 +114,19 @@ const fn build_checks() -> [BlockCheck; NCLASSES] {
     t
 }
 
-static BLOCK_CHECKS: [BlockCheck; NCLASSES] = build_checks();
+static BLOCK_CHECKS: [BlockCheck; 256] = build_checks();
 
 /// Whether byte offset `off` (below 2^32) of a span of class `c` is the start of one of its
 /// blocks.
 #[inline(always)]
 pub fn is_block_start(c: usize, off: usize) -> bool {
-    let k = &BLOCK_CHECKS[c];
+    is_block_start_of_kind((c + 1) as u8, off)
+}
+
+/// `is_block_start` for a page of kind `kind`; false for every kind that is not a class.
+#[inline(always)]
+pub fn is_block_start_of_kind(kind: u8, off: usize) -> bool {
+    let k = &BLOCK_CHECKS[kind as usize];
     (off as u64).wrapping_mul(k.m) < k.m && (off as u64) < k.limit
 }
 

@@ -142,6 +142,13 @@ impl Chunk {
         Self::at_base(p & !(CHUNK_SIZE - 1))
     }
 
+    /// Page `i`'s info as one 16-bit word, `kind | head << 8` (one load on the free path).
+    #[inline(always)]
+    pub fn page_word(&self, i: usize) -> u16 {
+        let pi = self.info[i % PAGES_PER_CHUNK];
+        u16::from_le_bytes([pi.kind, pi.head])
+    }
+
     /// The header of the chunk mapped at `base`.
     #[inline(always)]
     pub fn at_base(base: usize) -> *mut Chunk {

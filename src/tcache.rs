@@ -25,16 +25,26 @@ use crate::span::Chunk;
 use crate::stats;
 use crate::tls;
 
+/// One class's stack of free blocks: `top` is the next free slot, `end` one past the last
+/// slot a push may fill. The slot below the first always holds null, so `pop` needs no count:
+/// it reads the slot under `top` and stops at the null.
 #[repr(C)]
 pub struct Bin {
-    count: u32,
-    cap: u32,
-    stack: *mut *mut u8,
+    top: *mut *mut u8,
+    end: *mut *mut u8,
 }
 
 #[repr(C)]
 pub struct TCache {
+    /// Never used: it puts class c's bin at 16 × (c + 1) bytes, 16 × the kind byte of the
+    /// class's pages, which the free path has in hand (no decrement, no extra shift).
+    _bin0: Bin,
     bins: [Bin; NCLASSES],
+    /// malloc calls served per class (statistics; read racily by the report).
+    nmalloc: [u64; NCLASSES],
+    /// Each stack's first slot (slot `base - 1` holds null) and capacity.
+    base: [*mut *mut u8; NCLASSES],
+    cap: [u32; NCLASSES],
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
@@ -46,30 +56,59 @@ pub struct TCache {
     next_free: *mut TCache,
     next_live: *mut TCache,
     prev_live: *mut TCache,
-    /// malloc calls served per class (statistics; read racily by the report).
-    nmalloc: [u64; NCLASSES],
 }
 
-struct SyncCache(TCache);
-// SAFETY: DEAD has capacity zero everywhere, so no thread ever writes to it.
+/// The null slot under the stacks of the two static caches below.
+struct NullSlot([*mut u8; 1]);
+// SAFETY: never written.
+unsafe impl Sync for NullSlot {}
+static NULL_SLOT: NullSlot = NullSlot([null_mut()]);
+
+/// A cache with no room: every pop finds the null slot, every push finds `top == end`.
+const fn empty_cache() -> TCache {
+    let top = (&NULL_SLOT.0 as *const [*mut u8; 1] as *mut *mut u8).wrapping_add(1);
+    TCache {
+        _bin0: Bin {
+            top: null_mut(),
+            end: null_mut(),
+        },
+        bins: [const {
+            Bin {
+                top: null_mut(),
+                end: null_mut(),
+            }
+        }; NCLASSES],
+        nmalloc: [0; NCLASSES],
+        base: [top; NCLASSES],
+        cap: [0; NCLASSES],
+        arena: 0,
+        pressure_seen: 0,
+        draining: false,
+        drained: 0,
+        next_free: null_mut(),
+        next_live: null_mut(),
+        prev_live: null_mut(),
+    }
+}
+
+const fn with_empty_bins(mut t: TCache) -> TCache {
+    let top = t.base[0];
+    let mut c = 0;
+    while c < NCLASSES {
+        t.bins[c] = Bin { top, end: top };
+        c += 1;
+    }
+    t
+}
+
+pub struct SyncCache(TCache);
+// SAFETY: both static caches have no room anywhere, so no thread ever writes to them.
 unsafe impl Sync for SyncCache {}
-static DEAD: SyncCache = SyncCache(TCache {
-    bins: [const {
-        Bin {
-            count: 0,
-            cap: 0,
-            stack: null_mut(),
-        }
-    }; NCLASSES],
-    arena: 0,
-    pressure_seen: 0,
-    draining: false,
-    drained: 0,
-    next_free: null_mut(),
-    next_live: null_mut(),
-    prev_live: null_mut(),
-    nmalloc: [0; NCLASSES],
-});
+/// What a thread's slot points at before its first call: sends every call to the slow path,
+/// which creates the thread's cache.
+pub static UNSET: SyncCache = SyncCache(with_empty_bins(empty_cache()));
+/// What the slot points at after thread exit: the slow paths see it and use the arenas.
+static DEAD: SyncCache = SyncCache(with_empty_bins(empty_cache()));
 
 /// Capacity of class `c`'s stack: the option's byte budget in blocks, within bounds; 0 when
 /// thread caches are off.
@@ -85,7 +124,8 @@ fn capacity(c: usize) -> usize {
 /// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
 /// since the options are read once).
 fn mapping_len() -> usize {
-    let slots: usize = (0..NCLASSES).map(capacity).sum();
+    // Every stack has a null slot below its first.
+    let slots: usize = (0..NCLASSES).map(|c| capacity(c) + 1).sum();
     (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
 
@@ -113,10 +153,21 @@ fn dead() -> *mut TCache {
     &DEAD.0 as *const TCache as *mut TCache
 }
 
-/// This thread's cache, or null before its first call.
+#[inline(always)]
+fn unset() -> *mut TCache {
+    &UNSET.0 as *const TCache as *mut TCache
+}
+
+/// This thread's cache: UNSET before its first call, DEAD after its exit (never null).
 #[inline(always)]
 pub fn current() -> *mut TCache {
     tls::get() as *mut TCache
+}
+
+/// Blocks in class `c`'s stack.
+fn count(t: &TCache, c: usize) -> usize {
+    // SAFETY: top and base point into the same stack, top >= base.
+    unsafe { t.bins[c].top.offset_from(t.base[c]) as usize }
 }
 
 fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
@@ -124,19 +175,21 @@ fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
     unsafe { &mut *tc }
 }
 
-/// Pops a block of class `c` from this thread's cache; null when the cache is empty or
-/// missing (then take the slow path).
+/// Pops a block of class `c` from this thread's cache; null when the stack is empty (or the
+/// cache is UNSET or DEAD): then take the slow path.
 #[inline(always)]
 pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
-    // SAFETY: `tc` is this thread's cache or DEAD; `c < NCLASSES` (class_of's tables hold
-    // only class indices, checked by size_class's tests), so the unchecked index is in range.
+    // SAFETY: `tc` is this thread's cache, UNSET or DEAD; `c < NCLASSES` (class_of's table
+    // holds only class indices, checked by size_class's tests), so the unchecked index is in
+    // range. The slot below `top` is a block or the null slot under the stack.
     unsafe {
         let bin = (*tc).bins.get_unchecked_mut(c);
-        if bin.count == 0 {
+        let top = bin.top.sub(1);
+        let p = *top;
+        if p.is_null() {
             return null_mut();
         }
-        bin.count -= 1;
-        let p = *bin.stack.add(bin.count as usize);
+        bin.top = top;
         *(*tc).nmalloc.get_unchecked_mut(c) += 1;
         // The block leaves the free state: clear its double-free mark.
         *(p as *mut u64).add(1) = 0;
@@ -144,18 +197,20 @@ pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
     }
 }
 
-/// Pushes free block `p` of class `c`; false when the cache is full or missing.
+/// Pushes free block `p` of class `c`; false when the stack is full (always, for UNSET and
+/// DEAD).
 #[inline(always)]
 pub fn push(tc: *mut TCache, c: usize, p: *mut u8, secret: u64) -> bool {
-    // SAFETY: `tc` is this thread's cache or DEAD (cap 0: never written); `p` is a validated
-    // block of class `c < NCLASSES` (checked by the caller), at least 16 bytes long.
+    // SAFETY: `tc` is this thread's cache, UNSET or DEAD (top == end: never written); `p` is
+    // a validated block of class `c < NCLASSES` (checked by the caller), at least 16 bytes.
     unsafe {
         let bin = (*tc).bins.get_unchecked_mut(c);
-        if bin.count >= bin.cap {
+        let top = bin.top;
+        if top >= bin.end {
             return false;
         }
-        *bin.stack.add(bin.count as usize) = p;
-        bin.count += 1;
+        *top = p;
+        bin.top = top.add(1);
         *(p as *mut u64).add(1) = secret;
         true
     }
@@ -165,12 +220,12 @@ pub fn push(tc: *mut TCache, c: usize, p: *mut u8, secret: u64) -> bool {
 /// when no memory is left for a cache.
 pub fn get_or_create() -> *mut TCache {
     let tc = current();
-    if !tc.is_null() {
+    if tc != unset() {
         return tc;
     }
     init::ensure();
     let tc = current();
-    if !tc.is_null() {
+    if tc != unset() {
         // initialisation allocated on this thread and created the cache already
         return tc;
     }
@@ -192,12 +247,21 @@ pub fn get_or_create() -> *mut TCache {
     }
     let t = cache_ref(tc);
     let mut stack = (tc as usize + core::mem::size_of::<TCache>()) as *mut *mut u8;
-    for (c, bin) in t.bins.iter_mut().enumerate() {
-        bin.count = 0;
-        bin.cap = capacity(c) as u32;
-        bin.stack = stack;
-        // SAFETY: the stacks are laid out back to back inside the TCACHE_BYTES mapping.
-        stack = unsafe { stack.add(bin.cap as usize) };
+    for c in 0..NCLASSES {
+        let cap = capacity(c);
+        // SAFETY: the stacks, each under its null slot, lie back to back inside the mapping
+        // of mapping_len() bytes.
+        unsafe {
+            *stack = null_mut();
+            let base = stack.add(1);
+            t.base[c] = base;
+            t.cap[c] = cap as u32;
+            t.bins[c] = Bin {
+                top: base,
+                end: base.add(cap),
+            };
+            stack = base.add(cap);
+        }
     }
     t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
     t.next_free = null_mut();
@@ -221,7 +285,7 @@ pub fn get_or_create() -> *mut TCache {
 
 #[inline(always)]
 pub fn is_live(tc: *mut TCache) -> bool {
-    !tc.is_null() && tc != dead()
+    tc != unset() && tc != dead()
 }
 
 /// The arena a thread's cache refills from (arena 0 for threads without a cache).
@@ -242,17 +306,17 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     }
     let t = cache_ref(tc);
     let a = t.arena;
-    let bin = &mut t.bins[c];
-    if bin.cap == 0 {
+    let cap = t.cap[c] as usize;
+    if cap == 0 {
         return take_one(a, c);
     }
-    if bin.count != 0 {
+    if count(t, c) != 0 {
         // refilled meanwhile (a nested call during this thread's set-up)
         return pop(tc, c);
     }
-    let want = (bin.cap as usize / 2).max(1);
-    // SAFETY: the stack has `cap` slots and is empty here (count == 0).
-    let out = unsafe { core::slice::from_raw_parts_mut(bin.stack, want) };
+    let want = (cap / 2).max(1);
+    // SAFETY: the stack has `cap` slots and is empty here.
+    let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
     let got = arena::take_small_anywhere(a, c, out);
     stats::count_refill();
     if got == 0 {
@@ -266,7 +330,8 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
         // SAFETY: p is a free block of at least 16 bytes that this thread now owns.
         unsafe { *(p as *mut u64).add(1) = secret };
     }
-    bin.count = got as u32;
+    // SAFETY: `got` <= want <= cap slots were filled.
+    t.bins[c].top = unsafe { t.base[c].add(got) };
     pop(tc, c)
 }
 
@@ -284,14 +349,15 @@ pub fn take_one(a: usize, c: usize) -> *mut u8 {
 
 /// Flushes the older `n` blocks of class `c` to their spans.
 fn flush(tc: *mut TCache, c: usize, n: usize) {
-    let bin = &mut cache_ref(tc).bins[c];
-    let count = bin.count as usize;
+    let t = cache_ref(tc);
+    let count = count(t, c);
     let n = n.min(count);
     // SAFETY: the first `count` slots of the stack hold blocks.
-    let all = unsafe { core::slice::from_raw_parts_mut(bin.stack, count) };
+    let all = unsafe { core::slice::from_raw_parts_mut(t.base[c], count) };
     return_blocks(&mut all[..n]);
     all.copy_within(n..count, 0);
-    bin.count = (count - n) as u32;
+    // SAFETY: count - n <= cap.
+    t.bins[c].top = unsafe { t.base[c].add(count - n) };
     stats::count_flush();
 }
 
@@ -344,7 +410,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             }
         } else {
             crate::region::tick_if_due();
-            let cap = cache_ref(tc).bins[c].cap as usize;
+            let cap = cache_ref(tc).cap[c] as usize;
             flush(tc, c, (cap / 2).max(1));
             if push(tc, c, p, secret) {
                 return;
@@ -363,8 +429,12 @@ fn set_draining(tc: *mut TCache, on: bool) {
     let t = cache_ref(tc);
     t.draining = on;
     t.drained = 0;
-    for (c, bin) in t.bins.iter_mut().enumerate() {
-        bin.cap = if on { 0 } else { capacity(c) as u32 };
+    for c in 0..NCLASSES {
+        let cap = if on { 0 } else { capacity(c) };
+        t.cap[c] = cap as u32;
+        // SAFETY: the stack has capacity(c) slots; draining starts with an emptied cache,
+        // and a stack never holds more than `cap` blocks (push checks `top < end`).
+        t.bins[c].end = unsafe { t.base[c].add(cap) };
     }
 }
 
@@ -376,11 +446,11 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
     let mut t = r.live;
     while !t.is_null() {
         let tc = cache_ref(t);
-        let bin = &tc.bins[c];
-        // SAFETY: the stack has `cap` slots; `count` is read racily and bounded by `cap`.
-        let n = unsafe { core::ptr::read_volatile(&bin.count) }.min(bin.cap) as usize;
+        // SAFETY: `top` is read racily; the count it gives is bounded by the stack's capacity.
+        let top = unsafe { core::ptr::read_volatile(&tc.bins[c].top) } as usize;
+        let n = (top.saturating_sub(tc.base[c] as usize) / 8).min(capacity(c));
         // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
-        let s = unsafe { core::slice::from_raw_parts(bin.stack, n) };
+        let s = unsafe { core::slice::from_raw_parts(tc.base[c], n) };
         if s.iter().any(|&q| q == p) {
             return true;
         }
@@ -395,7 +465,7 @@ pub fn flush_all(tc: *mut TCache) {
         return;
     }
     for c in 0..NCLASSES {
-        let n = cache_ref(tc).bins[c].count as usize;
+        let n = count(cache_ref(tc), c);
         if n > 0 {
             flush(tc, c, n);
         }
@@ -465,9 +535,9 @@ pub fn check_current() {
         return;
     }
     for c in 0..NCLASSES {
-        let bin = &cache_ref(tc).bins[c];
+        let t = cache_ref(tc);
         // SAFETY: the first `count` slots of the stack hold blocks.
-        let s = unsafe { core::slice::from_raw_parts(bin.stack, bin.count as usize) };
+        let s = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
         for (i, &p) in s.iter().enumerate() {
             if crate::heap::locate(p as usize) != crate::heap::Located::Small(c) {
                 crate::report::fatal("check", "cache holds a foreign block", p as usize);

@@ -7,18 +7,23 @@
 //! that the library needs 8 bytes of static TLS: always there when preloaded or linked, and
 //! taken from glibc's static-TLS surplus when the library is dlopen'ed (8 bytes fit).
 //! Elsewhere a `const`-initialised `thread_local!` (no destructor) is used.
+//!
+//! The slot never holds null: its initial value (in the TLS image, relocated at load time
+//! like any `__thread int *p = &x;` in C) is the address of `tcache::UNSET`, a cache with no
+//! room, so the fast paths need no null test.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
+        ".pushsection .tdata,\"awT\",@progbits",
         ".p2align 3",
         ".hidden rsmalloc_tcache_slot",
         ".type rsmalloc_tcache_slot,@object",
         ".size rsmalloc_tcache_slot,8",
         "rsmalloc_tcache_slot:",
-        ".zero 8",
+        ".quad {unset}",
         ".popsection",
+        unset = sym crate::tcache::UNSET,
     );
 
     #[inline(always)]
@@ -60,7 +65,12 @@ mod imp {
     }
     #[inline(always)]
     pub fn get() -> *mut u8 {
-        SLOT.with(|s| s.get())
+        let p = SLOT.with(|s| s.get());
+        if p.is_null() {
+            &crate::tcache::UNSET as *const _ as *mut u8
+        } else {
+            p
+        }
     }
     #[inline(always)]
     pub fn set(p: *mut u8) {
@@ -76,9 +86,10 @@ mod tests {
     fn slot_is_per_thread() {
         let mine = 0x1234 as *mut u8;
         super::set(mine);
+        let unset = &crate::tcache::UNSET as *const _ as usize;
         let other = std::thread::spawn(|| super::get() as usize).join().unwrap();
-        assert_eq!(other, 0);
+        assert_eq!(other, unset);
         assert_eq!(super::get(), mine);
-        super::set(core::ptr::null_mut());
+        super::set(unset as *mut u8);
     }
 }
