@@ -39,24 +39,31 @@ fn chunk_ref<'a>(base: usize) -> &'a Chunk {
     unsafe { &*Chunk::at_base(base) }
 }
 
-/// The class of `a` when it is the start of a small block of ours — the whole validation of
-/// the free fast path: a chunk of ours covers it (flat map), its page belongs to a small span,
-/// and its offset in the span is a multiple of the class size inside the span's blocks.
+/// The bin offset (16 × (class + 1), see `size_class::bin_offset_of`) of `a` when it is the
+/// start of a small block of ours — the whole validation of the free fast path: a chunk of
+/// ours covers it (flat map), its page belongs to a small span, and its offset in the span is
+/// a multiple of the class size below the span's block count.
 #[inline(always)]
-fn small_block_class(a: usize) -> Option<usize> {
+fn small_block_bin(a: usize) -> Option<usize> {
     if !pagemap::is_chunk(a) {
         return None;
     }
     let in_chunk = a & (CHUNK_SIZE - 1);
-    let w = chunk_ref(a - in_chunk).page_word(in_chunk >> PAGE_SHIFT);
-    let kind = w as u8;
-    // The span starts at page `head` = w >> 8 (head <= the page's own index).
-    let off = in_chunk.wrapping_sub(((w >> 8) as usize) << PAGE_SHIFT);
-    if size_class::is_block_start_of_kind(kind, off) {
-        Some(kind as usize - 1)
+    let pi = chunk_ref(a - in_chunk).info[in_chunk >> PAGE_SHIFT];
+    // span_off <= in_chunk on every page of a span; other pages have bin 0 and fail anyway.
+    let off = (in_chunk as u32).wrapping_sub(pi.span_off) as usize;
+    let bin = pi.bin as usize;
+    if size_class::is_block_start_at(bin, off) {
+        Some(bin)
     } else {
         None
     }
+}
+
+/// The class of `a` when it is the start of a small block of ours.
+#[inline(always)]
+fn small_block_class(a: usize) -> Option<usize> {
+    small_block_bin(a).map(|bin| bin / 16 - 1)
 }
 
 pub fn locate(p: usize) -> Located {
@@ -117,7 +124,7 @@ fn has_mark(p: *mut u8, secret: u64) -> bool {
 #[inline(always)]
 pub fn malloc_cached(size: usize) -> *mut u8 {
     if size <= SMALL_MAX {
-        return tcache::pop(tcache::current(), class_of(size));
+        return tcache::pop_at(tcache::current(), size_class::bin_offset_of(size));
     }
     core::ptr::null_mut()
 }
@@ -244,10 +251,10 @@ pub fn calloc(size: usize) -> *mut u8 {
 
 #[inline(always)]
 pub fn free(p: *mut u8) {
-    if let Some(c) = small_block_class(p as usize) {
+    if let Some(bin) = small_block_bin(p as usize) {
         let secret = init::secret();
         if !has_mark(p, secret) {
-            return free_small_marked(p, c, secret);
+            return free_small_at(p, bin, secret);
         }
     }
     free_checked(p, "free")
@@ -256,16 +263,16 @@ pub fn free(p: *mut u8) {
 /// Frees `p`, a validated live small block of class `c`.
 #[inline(always)]
 fn free_small(p: *mut u8, c: usize) {
-    free_small_marked(p, c, init::secret())
+    free_small_at(p, 16 * (c + 1), init::secret())
 }
 
-/// `free_small` with the secret already loaded.
+/// `free_small` by bin offset, with the secret already loaded.
 #[inline(always)]
-fn free_small_marked(p: *mut u8, c: usize, secret: u64) {
-    if tcache::push(tcache::current(), c, p, secret) {
+fn free_small_at(p: *mut u8, bin: usize, secret: u64) {
+    if tcache::push_at(tcache::current(), bin, p, secret) {
         return;
     }
-    tcache::free_slow(p, c, secret)
+    tcache::free_slow(p, bin / 16 - 1, secret)
 }
 
 /// Free with every check, for whatever the fast path did not settle.

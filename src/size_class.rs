@@ -87,47 +87,59 @@ const fn build_classes() -> [ClassInfo; NCLASSES] {
 pub static CLASSES: [ClassInfo; NCLASSES] = build_classes();
 
 /// What the free fast path needs to tell a block's start from any other offset in its span,
-/// in one multiplication (Lemire, Kaser and Kurz, "Faster remainder by direct computation",
-/// 2019): `off` is a multiple of the size iff `off * m mod 2^64 < m`, m = ceil(2^64 / size),
-/// for every off below 2^32.
+/// in one multiplication and one compare (Lemire, Kaser and Kurz, "Faster remainder by direct
+/// computation", 2019): with m = ceil(2^64 / size), `off` is a multiple of the size iff
+/// `off * m mod 2^64 < m`, for every off below 2^32. For a multiple k × size the product is
+/// k × e, e = size × m − 2^64 (0 <= e < size), so `off * m mod 2^64 < blocks × e` accepts
+/// exactly the k below the span's block count (and blocks × e < m rejects every
+/// non-multiple). A power-of-two size has e = 0 and fills its span exactly, so every
+/// multiple inside the span's pages is a block: its threshold is 1.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 pub struct BlockCheck {
     m: u64,
-    /// Bytes of the span's blocks (blocks * size): offsets at or past it are no block.
-    limit: u64,
+    threshold: u64,
 }
 
-/// Indexed by a page's kind byte (class + 1; 0 and the large kind get m = 0, which no offset
-/// passes), so the free path needs no separate "is this a small page" test.
-const fn build_checks() -> [BlockCheck; 256] {
-    let mut t = [BlockCheck { m: 0, limit: 0 }; 256];
+/// Entries per kind byte (class + 1); entry 0 (pages that are not small) has threshold 0,
+/// which no offset passes.
+const CHECKS_LEN: usize = NCLASSES + 1;
+
+const fn build_checks() -> [BlockCheck; CHECKS_LEN] {
+    let mut t = [BlockCheck { m: 0, threshold: 0 }; CHECKS_LEN];
     let mut c = 0;
     while c < NCLASSES {
         let s = size_of_class(c) as u64;
+        let m = (u64::MAX / s).wrapping_add(1);
+        let e = s.wrapping_mul(m);
+        let blocks = (pages_of_class(c) * PAGE_SIZE / size_of_class(c)) as u64;
         t[c + 1] = BlockCheck {
-            m: (u64::MAX / s).wrapping_add(1),
-            limit: (pages_of_class(c) * PAGE_SIZE / size_of_class(c)) as u64 * s,
+            m,
+            threshold: if e == 0 { 1 } else { blocks * e },
         };
         c += 1;
     }
     t
 }
 
-static BLOCK_CHECKS: [BlockCheck; 256] = build_checks();
+static BLOCK_CHECKS: [BlockCheck; CHECKS_LEN] = build_checks();
 
-/// Whether byte offset `off` (below 2^32) of a span of class `c` is the start of one of its
-/// blocks.
+/// Whether byte offset `off` of a span of class `c` is the start of one of its blocks; `off`
+/// must lie inside the span's pages (below pages × PAGE_SIZE).
 #[inline(always)]
 pub fn is_block_start(c: usize, off: usize) -> bool {
-    is_block_start_of_kind((c + 1) as u8, off)
+    is_block_start_at(16 * (c + 1), off)
 }
 
-/// `is_block_start` for a page of kind `kind`; false for every kind that is not a class.
+/// `is_block_start` for the class whose bin offset (16 × (class + 1), `PageInfo::bin`) is
+/// `bin`; false for 0 (a page that is not small). `bin` must be 0 or such an offset.
 #[inline(always)]
-pub fn is_block_start_of_kind(kind: u8, off: usize) -> bool {
-    let k = &BLOCK_CHECKS[kind as usize];
-    (off as u64).wrapping_mul(k.m) < k.m && (off as u64) < k.limit
+pub fn is_block_start_at(bin: usize, off: usize) -> bool {
+    debug_assert!(bin % 16 == 0 && bin / 16 < CHECKS_LEN);
+    // SAFETY: the entries are 16 bytes, so byte offset `bin` (0 or 16 × (class + 1), the
+    // only values PageInfo::new stores) is entry bin / 16 < CHECKS_LEN.
+    let k = unsafe { &*((BLOCK_CHECKS.as_ptr() as *const u8).add(bin) as *const BlockCheck) };
+    (off as u64).wrapping_mul(k.m) < k.threshold
 }
 
 const fn smallest_class_for(size: usize) -> u8 {
@@ -138,22 +150,30 @@ const fn smallest_class_for(size: usize) -> u8 {
     c as u8
 }
 const LUT_LEN: usize = 4096;
-const fn build_lut() -> [u8; LUT_LEN] {
-    let mut t = [0u8; LUT_LEN];
+const fn build_lut() -> [u16; LUT_LEN] {
+    let mut t = [0u16; LUT_LEN];
     let mut i = 0;
     while i < LUT_LEN {
-        t[i] = smallest_class_for(i * 16);
+        t[i] = (smallest_class_for(i * 16) as u16 + 1) * 16;
         i += 1;
     }
     t
 }
-// One entry per 16 bytes up to SMALL_MAX (2 KiB of it is ever read), padded to a power of
+// One entry per 16 bytes up to SMALL_MAX (4 KiB of it is ever read), padded to a power of
 // two so that a mask, not a bounds check, keeps the index in range: one load, no branch.
-static LUT: [u8; LUT_LEN] = build_lut();
+// Entries are 16 × (class + 1): the byte offset of the class's bin in a thread cache, so
+// malloc's fast path uses the loaded value as it is.
+static LUT: [u16; LUT_LEN] = build_lut();
 
 /// The class serving `size` bytes; `size` must be at most SMALL_MAX.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
+    bin_offset_of(size) / 16 - 1
+}
+
+/// 16 × (class_of(size) + 1): where the class's bin sits in a thread cache.
+#[inline(always)]
+pub fn bin_offset_of(size: usize) -> usize {
     debug_assert!(size <= SMALL_MAX);
     LUT[((size + 15) >> 4) & (LUT_LEN - 1)] as usize
 }
@@ -184,6 +204,20 @@ mod tests {
         }
         assert_eq!(CLASSES[0].size, 16);
         assert_eq!(CLASSES[NCLASSES - 1].size as usize, SMALL_MAX);
+    }
+
+    #[test]
+    fn thresholds_reject_every_non_multiple() {
+        for k in BLOCK_CHECKS.iter() {
+            assert!(k.threshold <= k.m || k.m == 0);
+        }
+    }
+
+    #[test]
+    fn lut_entries_are_bin_offsets() {
+        for v in LUT {
+            assert!(v % 16 == 0 && v >= 16 && (v as usize / 16 - 1) < NCLASSES);
+        }
     }
 
     #[test]
@@ -240,14 +274,19 @@ mod tests {
     fn block_starts_are_exactly_the_multiples_inside_the_blocks() {
         for (c, k) in CLASSES.iter().enumerate() {
             let size = k.size as usize;
-            // every offset a span can produce, and the rest of its chunk
-            for off in (0..crate::config::CHUNK_SIZE).step_by(if c < 8 { 1 } else { 16 }) {
+            // every offset a span's pages can produce (the free path reads the span's
+            // start from the page the pointer lies on, so it never asks past the span)
+            for off in 0..k.pages as usize * PAGE_SIZE {
                 let want = off % size == 0 && off / size < k.blocks as usize;
                 assert_eq!(is_block_start(c, off), want, "class {c} size {size} off {off}");
             }
-            for off in [size - 1, size + 1, (1 << 32) - 16, (1 << 32) - 1] {
+            for off in [size - 1, size + 1] {
                 assert!(!is_block_start(c, off), "class {c} off {off}");
             }
+        }
+        // pages that are not small reject every offset
+        for off in [0, 16, 4096, 1 << 20] {
+            assert!(!is_block_start_at(0, off));
         }
     }
 }

@@ -3,8 +3,8 @@
 //! A chunk is a 4 MiB-aligned mapping of 256 pages of 16 KiB. Its first OS page is a guard
 //! (no access), so a block overflowing the end of the chunk mapped below faults instead of
 //! rewriting this chunk's metadata. The header follows the guard in the first HEADER_PAGES
-//! pages, so all metadata lives out of line, away from the blocks: per page, a two-byte `PageInfo` (what the page holds and where its span
-//! starts), bitmaps of free and dirty pages, and one `Span` descriptor per page (only the
+//! pages, so all metadata lives out of line, away from the blocks: per page, an 8-byte `PageInfo`
+//! (what the page holds, where its span starts, and both precomputed for the free path), bitmaps of free and dirty pages, and one `Span` descriptor per page (only the
 //! first page of a span uses its descriptor).
 //!
 //! A small span's descriptor holds a bitmap of its free blocks (bit set = free in the span;
@@ -31,13 +31,30 @@ pub fn kind_of_class(c: usize) -> u8 {
 const MAP_WORDS: usize = PAGES_PER_CHUNK / 64;
 const BITMAP_WORDS: usize = MAX_BLOCKS / 64;
 
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct PageInfo {
     /// KIND_NONE, KIND_LARGE, or a small class + 1.
     pub kind: u8,
     /// Index of the first page of the span this page belongs to.
     pub head: u8,
+    /// What the free path needs, precomputed: 16 × kind for a page of a small span (the
+    /// offset of the class's bin in a thread cache and of its block check), 0 otherwise;
+    pub bin: u16,
+    /// and the span's byte offset in the chunk (head << PAGE_SHIFT).
+    pub span_off: u32,
+}
+
+impl PageInfo {
+    pub const fn new(kind: u8, head: usize) -> PageInfo {
+        let small = kind != KIND_NONE && kind != KIND_LARGE;
+        PageInfo {
+            kind,
+            head: head as u8,
+            bin: if small { kind as u16 * 16 } else { 0 },
+            span_off: (head << PAGE_SHIFT) as u32,
+        }
+    }
 }
 
 #[repr(C)]
@@ -142,13 +159,6 @@ impl Chunk {
         Self::at_base(p & !(CHUNK_SIZE - 1))
     }
 
-    /// Page `i`'s info as one 16-bit word, `kind | head << 8` (one load on the free path).
-    #[inline(always)]
-    pub fn page_word(&self, i: usize) -> u16 {
-        let pi = self.info[i % PAGES_PER_CHUNK];
-        u16::from_le_bytes([pi.kind, pi.head])
-    }
-
     /// The header of the chunk mapped at `base`.
     #[inline(always)]
     pub fn at_base(base: usize) -> *mut Chunk {
@@ -210,10 +220,7 @@ impl Chunk {
     /// a purge. Returns how many of them became dirty.
     pub fn free_pages(&mut self, idx: usize, n: usize) -> usize {
         for i in idx..idx + n {
-            self.info[i] = PageInfo {
-                kind: KIND_NONE,
-                head: 0,
-            };
+            self.info[i] = PageInfo::new(KIND_NONE, 0);
         }
         set_bits(&mut self.free, idx, n, true);
         set_bits(&mut self.dirty_new, idx, n, true);
@@ -272,10 +279,7 @@ impl Chunk {
         let k = size_class::info(c);
         let kind = kind_of_class(c);
         for i in idx..idx + k.pages as usize {
-            self.info[i] = PageInfo {
-                kind,
-                head: idx as u8,
-            };
+            self.info[i] = PageInfo::new(kind, idx);
         }
         let s = &mut self.spans[idx];
         s.next = null_mut();
@@ -301,10 +305,7 @@ impl Chunk {
     /// Makes pages `idx..idx+n` one large object.
     pub fn make_large(&mut self, idx: usize, n: usize) -> *mut Span {
         for i in idx..idx + n {
-            self.info[i] = PageInfo {
-                kind: KIND_LARGE,
-                head: idx as u8,
-            };
+            self.info[i] = PageInfo::new(KIND_LARGE, idx);
         }
         let s = &mut self.spans[idx];
         s.kind = KIND_LARGE;

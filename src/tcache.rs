@@ -40,8 +40,9 @@ pub struct TCache {
     /// class's pages, which the free path has in hand (no decrement, no extra shift).
     _bin0: Bin,
     bins: [Bin; NCLASSES],
-    /// malloc calls served per class (statistics; read racily by the report).
-    nmalloc: [u64; NCLASSES],
+    /// malloc calls served per class (statistics; read racily by the report), in the first
+    /// word of 16 so that the fast path addresses it with the bin's offset.
+    nmalloc: [[u64; 2]; NCLASSES],
     /// Each stack's first slot (slot `base - 1` holds null) and capacity.
     base: [*mut *mut u8; NCLASSES],
     cap: [u32; NCLASSES],
@@ -78,7 +79,7 @@ const fn empty_cache() -> TCache {
                 end: null_mut(),
             }
         }; NCLASSES],
-        nmalloc: [0; NCLASSES],
+        nmalloc: [[0; 2]; NCLASSES],
         base: [top; NCLASSES],
         cap: [0; NCLASSES],
         arena: 0,
@@ -100,6 +101,9 @@ const fn with_empty_bins(mut t: TCache) -> TCache {
     }
     t
 }
+
+const _: () = assert!(core::mem::offset_of!(TCache, bins) == 16);
+const _: () = assert!(core::mem::size_of::<Bin>() == 16);
 
 pub struct SyncCache(TCache);
 // SAFETY: both static caches have no room anywhere, so no thread ever writes to them.
@@ -179,18 +183,26 @@ fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
 /// cache is UNSET or DEAD): then take the slow path.
 #[inline(always)]
 pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
-    // SAFETY: `tc` is this thread's cache, UNSET or DEAD; `c < NCLASSES` (class_of's table
-    // holds only class indices, checked by size_class's tests), so the unchecked index is in
-    // range. The slot below `top` is a block or the null slot under the stack.
+    pop_at(tc, 16 * (c + 1))
+}
+
+/// `pop` of the class whose bin is `off` bytes into the cache (`size_class::bin_offset_of`).
+#[inline(always)]
+pub fn pop_at(tc: *mut TCache, off: usize) -> *mut u8 {
+    const NMALLOC: usize = core::mem::offset_of!(TCache, nmalloc) - 16;
+    // SAFETY: `tc` is this thread's cache, UNSET or DEAD; `off` is 16 × (class + 1) for a
+    // class < NCLASSES (bin_offset_of's table holds only those, checked by size_class's
+    // tests), so it names a bin, and NMALLOC + off that class's counter. The slot below
+    // `top` is a block or the null slot under the stack.
     unsafe {
-        let bin = (*tc).bins.get_unchecked_mut(c);
-        let top = bin.top.sub(1);
+        let bin = (tc as *mut u8).add(off) as *mut Bin;
+        let top = (*bin).top.sub(1);
         let p = *top;
         if p.is_null() {
             return null_mut();
         }
-        bin.top = top;
-        *(*tc).nmalloc.get_unchecked_mut(c) += 1;
+        (*bin).top = top;
+        *((tc as *mut u8).add(NMALLOC + off) as *mut u64) += 1;
         // The block leaves the free state: clear its double-free mark.
         *(p as *mut u64).add(1) = 0;
         p
@@ -201,16 +213,23 @@ pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
 /// DEAD).
 #[inline(always)]
 pub fn push(tc: *mut TCache, c: usize, p: *mut u8, secret: u64) -> bool {
-    // SAFETY: `tc` is this thread's cache, UNSET or DEAD (top == end: never written); `p` is
-    // a validated block of class `c < NCLASSES` (checked by the caller), at least 16 bytes.
+    push_at(tc, 16 * (c + 1), p, secret)
+}
+
+/// `push` to the bin `off` bytes into the cache (16 × (class + 1): `PageInfo::bin`).
+#[inline(always)]
+pub fn push_at(tc: *mut TCache, off: usize, p: *mut u8, secret: u64) -> bool {
+    // SAFETY: `tc` is this thread's cache, UNSET or DEAD (top == end: never written); `off`
+    // is 16 × (class + 1) for a class < NCLASSES (from the page info of a validated block),
+    // so it names a bin; `p` is a validated block of at least 16 bytes.
     unsafe {
-        let bin = (*tc).bins.get_unchecked_mut(c);
-        let top = bin.top;
-        if top >= bin.end {
+        let bin = (tc as *mut u8).add(off) as *mut Bin;
+        let top = (*bin).top;
+        if top >= (*bin).end {
             return false;
         }
         *top = p;
-        bin.top = top.add(1);
+        (*bin).top = top.add(1);
         *(p as *mut u64).add(1) = secret;
         true
     }
@@ -267,7 +286,7 @@ pub fn get_or_create() -> *mut TCache {
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
     t.draining = false;
-    t.nmalloc = [0; NCLASSES];
+    t.nmalloc = [[0; 2]; NCLASSES];
     {
         let mut r = CACHES.lock();
         t.prev_live = null_mut();
@@ -488,7 +507,7 @@ pub fn retire(tc: *mut TCache) {
     let mut r = CACHES.lock();
     let t = cache_ref(tc);
     for c in 0..NCLASSES {
-        r.nmalloc_retired[c] += t.nmalloc[c];
+        r.nmalloc_retired[c] += t.nmalloc[c][0];
     }
     if t.prev_live.is_null() {
         r.live = t.next_live;
@@ -520,7 +539,7 @@ pub fn requests(wait: bool) -> [u64; NCLASSES] {
         let tc = cache_ref(t);
         for (c, v) in n.iter_mut().enumerate() {
             // SAFETY: an aligned u64 read; the owner may be incrementing it concurrently.
-            *v += unsafe { core::ptr::read_volatile(&tc.nmalloc[c]) };
+            *v += unsafe { core::ptr::read_volatile(&tc.nmalloc[c][0]) };
         }
         t = tc.next_live;
     }
