@@ -77,6 +77,13 @@ pub fn locate(p: usize) -> Located {
             let ch = chunk_ref(c);
             let idx = ch.page_index(p);
             let pi = ch.info[idx];
+            // The flat map is only an accelerator: a chunk it does not mark (its byte could
+            // not be written) still holds small blocks.
+            let in_chunk = p - c;
+            let off = (in_chunk as u32).wrapping_sub(pi.span_off) as usize;
+            if size_class::is_block_start_at(pi.bin as usize, off) {
+                return Located::Small(pi.bin as usize / 16 - 1);
+            }
             if pi.kind == KIND_LARGE && pi.head as usize == idx && p == ch.page_addr(idx) {
                 return Located::Large(c, idx);
             }
@@ -404,4 +411,53 @@ pub fn check() {
 pub fn trim() -> usize {
     tcache::flush_all(tcache::current());
     arena::purge_all(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_address_of_a_chunk() {
+        for c in 0..crate::size_class::NCLASSES {
+            let base = crate::os::map_aligned(CHUNK_SIZE, CHUNK_SIZE);
+            assert!(!base.is_null());
+            assert!(pagemap::register(base as usize, CHUNK_SIZE, base as usize | KIND_CHUNK));
+            // SAFETY: a fresh chunk-aligned mapping of CHUNK_SIZE bytes, owned by this test.
+            let ch = unsafe { &mut *Chunk::init(base, 0) };
+            let k = CLASSES[c];
+            // two spans back to back, a large object, then free pages
+            let i1 = ch.alloc_pages(k.pages as usize, 1).unwrap();
+            ch.make_small(i1, c);
+            let i2 = ch.alloc_pages(k.pages as usize, 1).unwrap();
+            ch.make_small(i2, c);
+            let il = ch.alloc_pages(3, 1).unwrap();
+            ch.make_large(il, 3);
+            let b = base as usize;
+            let spans = [(i1, b + (i1 << PAGE_SHIFT)), (i2, b + (i2 << PAGE_SHIFT))];
+            let span_bytes = k.pages as usize * PAGE_SIZE;
+            for a in b..b + CHUNK_SIZE {
+                let mut want = None;
+                for &(_, sb) in spans.iter() {
+                    if a >= sb && a < sb + span_bytes {
+                        let off = a - sb;
+                        if off % k.size as usize == 0 && off / (k.size as usize) < k.blocks as usize {
+                            want = Some(16 * (c + 1));
+                        }
+                    }
+                }
+                assert_eq!(small_block_bin(a), want, "class {c} addr off {:#x}", a - b);
+            }
+            // aliases
+            for &(_, sb) in spans.iter() {
+                assert_eq!(small_block_bin(sb | 1 << 47), None);
+                assert_eq!(small_block_bin(sb | 1 << 63), None);
+                assert_eq!(small_block_bin(sb.wrapping_add(1 << 48)), None);
+            }
+            pagemap::unregister(b, CHUNK_SIZE);
+            crate::os::unmap(base, CHUNK_SIZE);
+        }
+        assert_eq!(small_block_bin(0), None);
+        assert_eq!(small_block_bin(usize::MAX - 15), None);
+    }
 }

@@ -5,11 +5,11 @@
 //! `huge`; `pagemap` maps addresses to their owners; `init` runs the process and thread life
 //! cycle. See `config` for the layout's vocabulary.
 //!
-//! The shared library (`make lib`, built with `--cfg rsmalloc_so`) is `no_std`: no Rust
+//! The shared library (`make lib`, built with `--cfg rsmalloc_so`) on x86-64 Linux is `no_std`: no Rust
 //! runtime, no unwinder, no `libgcc_s`, and a panic handler that writes one line from a stack
 //! buffer and aborts, so even a bug cannot make the allocator call malloc. Built any other way
 //! (the rlib for Rust programs, tests) it links `std` like any Rust crate.
-#![cfg_attr(rsmalloc_so, no_std)]
+#![cfg_attr(all(rsmalloc_so, target_arch = "x86_64", target_os = "linux"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // The C++ operator names are mangled symbols, not Rust names.
 #![allow(non_snake_case)]
@@ -37,7 +37,7 @@ mod tls;
 pub use global::RsMalloc;
 
 /// A panic is a bug in rsmalloc: say where, then abort (no unwinding, no allocation).
-#[cfg(rsmalloc_so)]
+#[cfg(all(rsmalloc_so, target_arch = "x86_64", target_os = "linux"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     report::internal_error(info.location().map(|l| (l.file(), l.line())))

@@ -76,6 +76,10 @@ fn flat_set(unit: usize, on: bool) {
     }
     // SAFETY: unit < FLAT_LEN, inside the mapping.
     let b = unsafe { flat.add(unit) };
+    // SAFETY: readable; a byte that reads 0 needs no write (and its page may be read-only).
+    if !on && unsafe { core::ptr::read_volatile(b) } == 0 {
+        return;
+    }
     if on && !os::allow_write(b, 1) {
         // The byte stays 0: this chunk's frees take the tree.
         return;

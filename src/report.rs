@@ -123,7 +123,10 @@ pub fn fatal(func: &str, what: &str, addr: usize) -> ! {
 
 /// Stops the process after a panic (a bug in rsmalloc): `rsmalloc: internal error at <file>:<line>`.
 #[cold]
-#[cfg_attr(not(rsmalloc_so), allow(dead_code))]
+#[cfg_attr(
+    not(all(rsmalloc_so, target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code)
+)]
 pub fn internal_error(at: Option<(&str, u32)>) -> ! {
     let mut w = Writer::new(Sink::Stderr);
     w.str("rsmalloc: internal error");

@@ -126,15 +126,15 @@ static BLOCK_CHECKS: [BlockCheck; CHECKS_LEN] = build_checks();
 
 /// Whether byte offset `off` of a span of class `c` is the start of one of its blocks; `off`
 /// must lie inside the span's pages (below pages × PAGE_SIZE).
-#[inline(always)]
-pub fn is_block_start(c: usize, off: usize) -> bool {
+#[cfg(test)]
+fn is_block_start(c: usize, off: usize) -> bool {
     is_block_start_at(16 * (c + 1), off)
 }
 
 /// `is_block_start` for the class whose bin offset (16 × (class + 1), `PageInfo::bin`) is
 /// `bin`; false for 0 (a page that is not small). `bin` must be 0 or such an offset.
 #[inline(always)]
-pub fn is_block_start_at(bin: usize, off: usize) -> bool {
+pub(crate) fn is_block_start_at(bin: usize, off: usize) -> bool {
     debug_assert!(bin % 16 == 0 && bin / 16 < CHECKS_LEN);
     // SAFETY: the entries are 16 bytes, so byte offset `bin` (0 or 16 × (class + 1), the
     // only values PageInfo::new stores) is entry bin / 16 < CHECKS_LEN.
