@@ -15,6 +15,7 @@ static HUGE_COUNT: AtomicIsize = AtomicIsize::new(0);
 static THREADS: AtomicIsize = AtomicIsize::new(0);
 static CACHE_REFILLS: AtomicUsize = AtomicUsize::new(0);
 static CACHE_FLUSHES: AtomicUsize = AtomicUsize::new(0);
+static CACHE_GROWTHS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn add_mapped(b: isize) {
     MAPPED.fetch_add(b, Relaxed);
@@ -41,6 +42,10 @@ pub fn count_refill() {
 }
 pub fn count_flush() {
     CACHE_FLUSHES.fetch_add(1, Relaxed);
+}
+/// A thread-cache stack grew past its starting capacity (report only, not in `Snapshot`).
+pub fn count_growth() {
+    CACHE_GROWTHS.fetch_add(1, Relaxed);
 }
 
 /// A snapshot of the counters; the layout is part of the C API (`include/rsmalloc.h`).
@@ -153,6 +158,8 @@ pub fn write_report(w: &mut Writer, wait: bool) {
         .dec(s.cache_refills as u64);
     w.str("  flushes: ")
         .dec(s.cache_flushes as u64)
+        .str("  growths: ")
+        .dec(CACHE_GROWTHS.load(Relaxed) as u64)
         .str("  hit rate: ");
     let hit_permille = if total_requests == 0 {
         0

@@ -43,9 +43,16 @@ pub struct TCache {
     /// malloc calls served per class (statistics; read racily by the report), in the first
     /// word of 16 so that the fast path addresses it with the bin's offset.
     nmalloc: [[u64; 2]; NCLASSES],
-    /// Each stack's first slot (slot `base - 1` holds null) and capacity.
+    /// Each stack's first slot (slot `base - 1` holds null) and capacity. A stack lives at
+    /// `home` (room for capacity(c), packed with the other classes' so that a new cache
+    /// touches few pages) until it grows past that, then at `grown` (room for
+    /// max_capacity(c), in the mapping's upper part, untouched until first used).
     base: [*mut *mut u8; NCLASSES],
+    home: [*mut *mut u8; NCLASSES],
+    grown: [*mut *mut u8; NCLASSES],
     cap: [u32; NCLASSES],
+    /// Whether the class was refilled since its last flush (see `max_capacity`).
+    refilled: [bool; NCLASSES],
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
@@ -81,7 +88,10 @@ const fn empty_cache() -> TCache {
         }; NCLASSES],
         nmalloc: [[0; 2]; NCLASSES],
         base: [top; NCLASSES],
+        home: [top; NCLASSES],
+        grown: [top; NCLASSES],
         cap: [0; NCLASSES],
+        refilled: [false; NCLASSES],
         arena: 0,
         pressure_seen: 0,
         draining: false,
@@ -114,8 +124,8 @@ pub static UNSET: SyncCache = SyncCache(with_empty_bins(empty_cache()));
 /// What the slot points at after thread exit: the slow paths see it and use the arenas.
 static DEAD: SyncCache = SyncCache(with_empty_bins(empty_cache()));
 
-/// Capacity of class `c`'s stack: the option's byte budget in blocks, within bounds; 0 when
-/// thread caches are off.
+/// Starting capacity of class `c`'s stack: the option's byte budget in blocks, within
+/// bounds; 0 when thread caches are off.
 fn capacity(c: usize) -> usize {
     let budget = TCACHE_BYTES.load(Relaxed) as usize;
     if budget == 0 {
@@ -125,11 +135,28 @@ fn capacity(c: usize) -> usize {
     }
 }
 
+/// Most blocks a grown stack may hold: 16 × the byte budget in blocks, at most GROWN_MAX.
+/// A class's stack grows (doubling) when it overflows, on a block of the thread's own arena,
+/// after a refill since its last flush:
+/// the thread allocates and frees that class in bursts larger than the stack, and every
+/// burst would otherwise cross the arena lock twice per block beyond the capacity (blocks
+/// freed in reverse order of allocation, batches). A thread that only frees never refills,
+/// and blocks of other threads' arenas (objects migrating between threads) go back to their
+/// owners, so neither grows a stack. A grown stack goes back to its starting capacity when
+/// it overflows without a refill since its last flush (the thread is freeing more than it
+/// allocates) and when the cache drains.
+fn max_capacity(c: usize) -> usize {
+    let budget = TCACHE_BYTES.load(Relaxed) as usize;
+    capacity(c).max((16 * budget / CLASSES[c].size as usize).min(GROWN_MAX))
+}
+const GROWN_MAX: usize = 1024;
+
 /// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
 /// since the options are read once).
 fn mapping_len() -> usize {
-    // Every stack has a null slot below its first.
-    let slots: usize = (0..NCLASSES).map(|c| capacity(c) + 1).sum();
+    // Every stack has a home and a grown place, each with a null slot below its first (only
+    // touched pages of the mapping become resident).
+    let slots: usize = (0..NCLASSES).map(|c| capacity(c) + max_capacity(c) + 2).sum();
     (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
 
@@ -268,18 +295,27 @@ pub fn get_or_create() -> *mut TCache {
     let mut stack = (tc as usize + core::mem::size_of::<TCache>()) as *mut *mut u8;
     for c in 0..NCLASSES {
         let cap = capacity(c);
-        // SAFETY: the stacks, each under its null slot, lie back to back inside the mapping
-        // of mapping_len() bytes.
+        // SAFETY: the home stacks, each under its null slot, lie back to back inside the
+        // mapping of mapping_len() bytes, the grown places after them.
         unsafe {
             *stack = null_mut();
             let base = stack.add(1);
             t.base[c] = base;
+            t.home[c] = base;
             t.cap[c] = cap as u32;
+            t.refilled[c] = false;
             t.bins[c] = Bin {
                 top: base,
                 end: base.add(cap),
             };
             stack = base.add(cap);
+        }
+    }
+    for c in 0..NCLASSES {
+        // SAFETY: as above; the null slot is written when the stack first moves here.
+        unsafe {
+            t.grown[c] = stack.add(1);
+            stack = stack.add(1 + max_capacity(c));
         }
     }
     t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
@@ -333,10 +369,11 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
         // refilled meanwhile (a nested call during this thread's set-up)
         return pop(tc, c);
     }
-    let want = (cap / 2).max(1);
+    let want = (capacity(c).min(cap) / 2).max(1);
     // SAFETY: the stack has `cap` slots and is empty here.
     let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
     let got = arena::take_small_anywhere(a, c, out);
+    t.refilled[c] = true;
     stats::count_refill();
     if got == 0 {
         return null_mut();
@@ -375,6 +412,7 @@ fn flush(tc: *mut TCache, c: usize, n: usize) {
     let all = unsafe { core::slice::from_raw_parts_mut(t.base[c], count) };
     return_blocks(&mut all[..n]);
     all.copy_within(n..count, 0);
+    t.refilled[c] = false;
     // SAFETY: count - n <= cap.
     t.bins[c].top = unsafe { t.base[c].add(count - n) };
     stats::count_flush();
@@ -429,8 +467,35 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             }
         } else {
             crate::region::tick_if_due();
-            let cap = cache_ref(tc).cap[c] as usize;
-            flush(tc, c, (cap / 2).max(1));
+            let t = cache_ref(tc);
+            let cap = t.cap[c] as usize;
+            let max = max_capacity(c);
+            // Grow only a stack of the thread's own blocks: one holding other threads' blocks
+            // is part of a hand-over (objects migrating between threads), which a bigger
+            // stack would only slow down to give memory back. The scan is O(cap), and stacks
+            // grow a few times per burst at most.
+            let mine = |q: *mut u8| {
+                // SAFETY: cached and freed blocks are validated small blocks, so their chunk
+                // headers are mapped.
+                let a = unsafe { (*Chunk::of(q as usize)).arena };
+                a as usize == t.arena
+            };
+            // SAFETY: the first `count` slots hold blocks.
+            let held = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
+            let local = mine(p) && held.iter().all(|&q| mine(q));
+            let start = capacity(c);
+            if local && t.refilled[c] && cap < max {
+                set_capacity(t, c, (cap * 2).min(max));
+                stats::count_growth();
+            } else if !t.refilled[c] && cap > start {
+                // Overflowing with no refill since the last flush: the thread is freeing
+                // more than it allocates. Back to the starting capacity, or the blocks left
+                // in a grown stack pin half-empty spans that a bulk free would release.
+                flush(tc, c, cap - start / 2);
+                set_capacity(cache_ref(tc), c, start);
+            } else {
+                flush(tc, c, (cap / 2).max(1));
+            }
             if push(tc, c, p, secret) {
                 return;
             }
@@ -449,12 +514,33 @@ fn set_draining(tc: *mut TCache, on: bool) {
     t.draining = on;
     t.drained = 0;
     for c in 0..NCLASSES {
-        let cap = if on { 0 } else { capacity(c) };
-        t.cap[c] = cap as u32;
-        // SAFETY: the stack has capacity(c) slots; draining starts with an emptied cache,
-        // and a stack never holds more than `cap` blocks (push checks `top < end`).
-        t.bins[c].end = unsafe { t.base[c].add(cap) };
+        set_capacity(t, c, if on { 0 } else { capacity(c) });
     }
+}
+
+/// Sets class `c`'s capacity to `cap` <= max_capacity(c), moving the stack between its home
+/// and its grown place when needed. The stack must not hold more than `cap` blocks (callers
+/// shrink only an emptied cache).
+fn set_capacity(t: &mut TCache, c: usize, cap: usize) {
+    debug_assert!(cap <= max_capacity(c) && count(t, c) <= cap);
+    let to = if cap > capacity(c) { t.grown[c] } else { t.home[c] };
+    if to != t.base[c] {
+        let n = count(t, c);
+        // SAFETY: both places lie in this cache's mapping, hold at least `n` slots (n <= cap
+        // <= the destination's room) and do not overlap; the slot below the grown place is
+        // inside the mapping (its own null slot).
+        unsafe {
+            *to.sub(1) = null_mut();
+            core::ptr::copy_nonoverlapping(t.base[c], to, n);
+            // Vacated slots must not show stale blocks to any_cache_contains.
+            core::ptr::write_bytes(t.base[c], 0, n);
+            t.base[c] = to;
+            t.bins[c].top = to.add(n);
+        }
+    }
+    t.cap[c] = cap as u32;
+    // SAFETY: the stack's place has room for `cap` slots.
+    t.bins[c].end = unsafe { t.base[c].add(cap) };
 }
 
 /// Whether `p` sits in the cache of class `c` of any live thread (this one included). Reads
@@ -467,7 +553,7 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
         let tc = cache_ref(t);
         // SAFETY: `top` is read racily; the count it gives is bounded by the stack's capacity.
         let top = unsafe { core::ptr::read_volatile(&tc.bins[c].top) } as usize;
-        let n = (top.saturating_sub(tc.base[c] as usize) / 8).min(capacity(c));
+        let n = (top.saturating_sub(tc.base[c] as usize) / 8).min(max_capacity(c));
         // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
         let s = unsafe { core::slice::from_raw_parts(tc.base[c], n) };
         if s.iter().any(|&q| q == p) {
@@ -478,7 +564,7 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
     false
 }
 
-/// Empties every bin of this thread's cache into the arenas.
+/// Empties every bin of this thread's cache into the arenas (and undoes any growth).
 pub fn flush_all(tc: *mut TCache) {
     if !is_live(tc) {
         return;
@@ -487,6 +573,11 @@ pub fn flush_all(tc: *mut TCache) {
         let n = count(cache_ref(tc), c);
         if n > 0 {
             flush(tc, c, n);
+        }
+        // Grown stacks start over.
+        let t = cache_ref(tc);
+        if !t.draining {
+            set_capacity(t, c, capacity(c));
         }
     }
 }
