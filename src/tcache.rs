@@ -444,8 +444,13 @@ pub fn return_blocks(blocks: &mut [*mut u8]) {
 /// Frees `p` of class `c` when the fast path could not: full or missing cache.
 #[inline(never)]
 pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
+    let fresh = current() == unset();
     let tc = get_or_create();
-    if is_live(tc) {
+    // A thread's cache starts with its own memory: a first free of another thread's block
+    // goes back to its span, or the thread's next malloc of that class would write to the
+    // cache line the other thread's neighbouring blocks live on (passive false sharing:
+    // an object handed over at thread start, freed, then the thread's own small objects).
+    if is_live(tc) && !(fresh && !owns(cache_ref(tc), p)) {
         let events = arena::pressure_events();
         if events != cache_ref(tc).pressure_seen {
             // Some arena's heap just shrank in bulk: the program is freeing, not churning.
@@ -474,15 +479,9 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             // is part of a hand-over (objects migrating between threads), which a bigger
             // stack would only slow down to give memory back. The scan is O(cap), and stacks
             // grow a few times per burst at most.
-            let mine = |q: *mut u8| {
-                // SAFETY: cached and freed blocks are validated small blocks, so their chunk
-                // headers are mapped.
-                let a = unsafe { (*Chunk::of(q as usize)).arena };
-                a as usize == t.arena
-            };
             // SAFETY: the first `count` slots hold blocks.
             let held = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
-            let local = mine(p) && held.iter().all(|&q| mine(q));
+            let local = owns(t, p) && held.iter().all(|&q| owns(t, q));
             let start = capacity(c);
             if local && t.refilled[c] && cap < max {
                 set_capacity(t, c, (cap * 2).min(max));
@@ -506,6 +505,14 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
     unsafe { *(p as *mut u64).add(1) = secret };
     let mut one = [p];
     return_blocks(&mut one);
+}
+
+/// Whether small block `p` lies in a chunk of the cache's own arena.
+fn owns(t: &TCache, p: *mut u8) -> bool {
+    // SAFETY: `p` is a validated small block (cached or being freed), so its chunk header is
+    // mapped.
+    let a = unsafe { (*Chunk::of(p as usize)).arena };
+    a as usize == t.arena
 }
 
 /// Turns caching of frees off (every capacity 0) or back on.

@@ -1,0 +1,68 @@
+/* false_sharing.c: small blocks of different threads never share a cache line.
+ *  - passive: the main thread allocates small blocks back to back and hands one to each
+ *    thread; each thread frees its block, then allocates blocks of the same size. None of
+ *    them may be on a cache line holding another thread's block (Hoard's cache-scratch).
+ *  - active: threads allocating small blocks at the same time get blocks on disjoint
+ *    cache lines. */
+#include "common.h"
+
+#include <pthread.h>
+
+#define NT 4
+#define LINE 64
+#define PER 64
+
+struct arg {
+    void *handed;         /* allocated by main, freed by the thread */
+    uintptr_t got[PER];   /* what the thread allocated afterwards */
+};
+
+static pthread_barrier_t bar;
+
+static void *worker(void *p)
+{
+    struct arg *a = p;
+    free(a->handed);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < PER; i++) {
+        void *q = malloc(8);
+        if (!q) { FAILF("malloc(8) failed"); break; }
+        memset(q, 1, 8);
+        a->got[i] = (uintptr_t)q;
+    }
+    pthread_barrier_wait(&bar); /* everyone holds its blocks: compare lines */
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < PER; i++) free((void *)a->got[i]);
+    return NULL;
+}
+
+int main(void)
+{
+    rs_check_loaded("false_sharing");
+    struct arg args[NT];
+    uintptr_t handed[NT];
+    for (int i = 0; i < NT; i++) {
+        args[i].handed = malloc(8);
+        handed[i] = (uintptr_t)args[i].handed;
+    }
+    pthread_barrier_init(&bar, NULL, NT + 1);
+    pthread_t th[NT];
+    for (int i = 0; i < NT; i++) pthread_create(&th[i], NULL, worker, &args[i]);
+    pthread_barrier_wait(&bar);
+    pthread_barrier_wait(&bar);
+    int shared = 0;
+    for (int i = 0; i < NT; i++)
+        for (int k = 0; k < PER; k++) {
+            uintptr_t line = args[i].got[k] / LINE;
+            for (int j = 0; j < NT; j++) {
+                if (j == i) continue;
+                if (handed[j] / LINE == line) shared++;
+                for (int m = 0; m < PER; m++)
+                    if (args[j].got[m] / LINE == line) shared++;
+            }
+        }
+    CHECK(shared == 0, "%d blocks share a cache line with another thread's block", shared);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+    return rs_summary("false_sharing");
+}
