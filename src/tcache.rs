@@ -135,7 +135,8 @@ fn capacity(c: usize) -> usize {
     }
 }
 
-/// Most blocks a grown stack may hold: 16 × the byte budget in blocks, at most GROWN_MAX.
+/// Most blocks a grown stack may hold: 16 × the byte budget in blocks, at most GROWN_MAX (and
+/// all grown stacks together at most GROWN_BYTES_FACTOR × the budget beyond their start).
 /// A class's stack grows (doubling) when it overflows, on a block of the thread's own arena,
 /// after a refill since its last flush:
 /// the thread allocates and frees that class in bursts larger than the stack, and every
@@ -150,6 +151,17 @@ fn max_capacity(c: usize) -> usize {
     capacity(c).max((16 * budget / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
+/// Bytes all of a thread's grown stacks may hold beyond their starting capacities together:
+/// this many times the byte budget (1 MiB by default), so that a thread that goes idle after
+/// bursts in many classes keeps at most that much more than before growth existed.
+const GROWN_BYTES_FACTOR: usize = 32;
+
+/// Bytes of blocks a cache's stacks may hold beyond their starting capacities.
+fn grown_bytes(t: &TCache) -> usize {
+    (0..NCLASSES)
+        .map(|c| (t.cap[c] as usize).saturating_sub(capacity(c)) * CLASSES[c].size as usize)
+        .sum()
+}
 
 /// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
 /// since the options are read once).
@@ -483,7 +495,9 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             let held = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
             let local = owns(t, p) && held.iter().all(|&q| owns(t, q));
             let start = capacity(c);
-            if local && t.refilled[c] && cap < max {
+            let room = grown_bytes(t) + ((cap * 2).min(max) - cap) * CLASSES[c].size as usize
+                <= GROWN_BYTES_FACTOR * TCACHE_BYTES.load(Relaxed) as usize;
+            if local && t.refilled[c] && cap < max && room {
                 set_capacity(t, c, (cap * 2).min(max));
                 stats::count_growth();
             } else if !t.refilled[c] && cap > start {
@@ -539,10 +553,11 @@ fn set_capacity(t: &mut TCache, c: usize, cap: usize) {
         unsafe {
             *to.sub(1) = null_mut();
             core::ptr::copy_nonoverlapping(t.base[c], to, n);
-            // Vacated slots must not show stale blocks to any_cache_contains.
-            core::ptr::write_bytes(t.base[c], 0, n);
+            // The old place keeps its copies: a reader that saw the old `top` still finds
+            // every block there (any_cache_contains picks the place from `top`).
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
             t.base[c] = to;
-            t.bins[c].top = to.add(n);
+            core::ptr::write_volatile(&mut t.bins[c].top, to.add(n));
         }
     }
     t.cap[c] = cap as u32;
@@ -560,9 +575,17 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
         let tc = cache_ref(t);
         // SAFETY: `top` is read racily; the count it gives is bounded by the stack's capacity.
         let top = unsafe { core::ptr::read_volatile(&tc.bins[c].top) } as usize;
-        let n = (top.saturating_sub(tc.base[c] as usize) / 8).min(max_capacity(c));
+        // `home` and `grown` never change while the cache is live: the place is the one
+        // holding `top` (reading `base` too could pair one place's top with the other's base).
+        let (home, grown) = (tc.home[c] as usize, tc.grown[c] as usize);
+        let (base, room) = if top >= grown && top <= grown + 8 * max_capacity(c) {
+            (grown, max_capacity(c))
+        } else {
+            (home, capacity(c))
+        };
+        let n = (top.saturating_sub(base) / 8).min(room);
         // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
-        let s = unsafe { core::slice::from_raw_parts(tc.base[c], n) };
+        let s = unsafe { core::slice::from_raw_parts(base as *const *mut u8, n) };
         if s.iter().any(|&q| q == p) {
             return true;
         }
