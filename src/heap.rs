@@ -49,7 +49,13 @@ fn small_block_bin(a: usize) -> Option<usize> {
         return None;
     }
     let in_chunk = a & (CHUNK_SIZE - 1);
-    let pi = chunk_ref(a - in_chunk).info[in_chunk >> PAGE_SHIFT];
+    block_bin_in_chunk(a - in_chunk, in_chunk)
+}
+
+/// The bin offset of byte `in_chunk` of the chunk at `base` when a small block starts there.
+#[inline(always)]
+fn block_bin_in_chunk(base: usize, in_chunk: usize) -> Option<usize> {
+    let pi = chunk_ref(base).info[in_chunk >> PAGE_SHIFT];
     // span_off <= in_chunk on every page of a span; other pages have bin 0 and fail anyway.
     let off = (in_chunk as u32).wrapping_sub(pi.span_off) as usize;
     let bin = pi.bin as usize;
@@ -63,27 +69,22 @@ fn small_block_bin(a: usize) -> Option<usize> {
 /// The class of `a` when it is the start of a small block of ours.
 #[inline(always)]
 fn small_block_class(a: usize) -> Option<usize> {
-    small_block_bin(a).map(|bin| bin / 16 - 1)
+    small_block_bin(a).map(size_class::class_of_bin)
 }
 
+/// What `p` is, from the page-map tree: the authority, also for chunks the flat map (the
+/// fast paths' accelerator) could not mark.
 pub fn locate(p: usize) -> Located {
-    if let Some(c) = small_block_class(p) {
-        return Located::Small(c);
-    }
     let e = pagemap::lookup(p);
     match e & KIND_MASK {
         KIND_CHUNK => {
             let c = e & !KIND_MASK;
+            if let Some(bin) = block_bin_in_chunk(c, p - c) {
+                return Located::Small(size_class::class_of_bin(bin));
+            }
             let ch = chunk_ref(c);
             let idx = ch.page_index(p);
             let pi = ch.info[idx];
-            // The flat map is only an accelerator: a chunk it does not mark (its byte could
-            // not be written) still holds small blocks.
-            let in_chunk = p - c;
-            let off = (in_chunk as u32).wrapping_sub(pi.span_off) as usize;
-            if size_class::is_block_start_at(pi.bin as usize, off) {
-                return Located::Small(pi.bin as usize / 16 - 1);
-            }
             if pi.kind == KIND_LARGE && pi.head as usize == idx && p == ch.page_addr(idx) {
                 return Located::Large(c, idx);
             }
@@ -270,7 +271,7 @@ pub fn free(p: *mut u8) {
 /// Frees `p`, a validated live small block of class `c`.
 #[inline(always)]
 fn free_small(p: *mut u8, c: usize) {
-    free_small_at(p, 16 * (c + 1), init::secret())
+    free_small_at(p, size_class::bin_of_class(c), init::secret())
 }
 
 /// `free_small` by bin offset, with the secret already loaded.
@@ -279,7 +280,7 @@ fn free_small_at(p: *mut u8, bin: usize, secret: u64) {
     if tcache::push_at(tcache::current(), bin, p, secret) {
         return;
     }
-    tcache::free_slow(p, bin / 16 - 1, secret)
+    tcache::free_slow(p, size_class::class_of_bin(bin), secret)
 }
 
 /// Free with every check, for whatever the fast path did not settle.
@@ -442,7 +443,7 @@ mod tests {
                     if a >= sb && a < sb + span_bytes {
                         let off = a - sb;
                         if off % k.size as usize == 0 && off / (k.size as usize) < k.blocks as usize {
-                            want = Some(16 * (c + 1));
+                            want = Some(size_class::bin_of_class(c));
                         }
                     }
                 }

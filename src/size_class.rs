@@ -128,7 +128,7 @@ static BLOCK_CHECKS: [BlockCheck; CHECKS_LEN] = build_checks();
 /// must lie inside the span's pages (below pages × PAGE_SIZE).
 #[cfg(test)]
 fn is_block_start(c: usize, off: usize) -> bool {
-    is_block_start_at(16 * (c + 1), off)
+    is_block_start_at(bin_of_class(c), off)
 }
 
 /// `is_block_start` for the class whose bin offset (16 × (class + 1), `PageInfo::bin`) is
@@ -168,7 +168,20 @@ static LUT: [u16; LUT_LEN] = build_lut();
 /// The class serving `size` bytes; `size` must be at most SMALL_MAX.
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
-    bin_offset_of(size) / 16 - 1
+    class_of_bin(bin_offset_of(size))
+}
+
+/// Class `c`'s bin offset: 16 × (c + 1), its bin's place in a thread cache and its entry in
+/// the block-check table (`PageInfo::bin` of its pages).
+#[inline(always)]
+pub fn bin_of_class(c: usize) -> usize {
+    16 * (c + 1)
+}
+
+/// The class whose bin offset is `bin` (non-zero).
+#[inline(always)]
+pub fn class_of_bin(bin: usize) -> usize {
+    bin / 16 - 1
 }
 
 /// 16 × (class_of(size) + 1): where the class's bin sits in a thread cache.
@@ -216,7 +229,7 @@ mod tests {
     #[test]
     fn lut_entries_are_bin_offsets() {
         for v in LUT {
-            assert!(v % 16 == 0 && v >= 16 && (v as usize / 16 - 1) < NCLASSES);
+            assert!(v % 16 == 0 && v >= 16 && class_of_bin(v as usize) < NCLASSES);
         }
     }
 

@@ -20,7 +20,7 @@ use crate::config::{narenas, TCACHE_BYTES};
 use crate::init;
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
-use crate::size_class::{CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES};
+use crate::size_class::{self, CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES};
 use crate::span::Chunk;
 use crate::stats;
 use crate::tls;
@@ -29,6 +29,7 @@ use crate::tls;
 /// slot a push may fill. The slot below the first always holds null, so `pop` needs no count:
 /// it reads the slot under `top` and stops at the null.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Bin {
     top: *mut *mut u8,
     end: *mut *mut u8,
@@ -80,12 +81,7 @@ const fn empty_cache() -> TCache {
             top: null_mut(),
             end: null_mut(),
         },
-        bins: [const {
-            Bin {
-                top: null_mut(),
-                end: null_mut(),
-            }
-        }; NCLASSES],
+        bins: [Bin { top, end: top }; NCLASSES],
         nmalloc: [[0; 2]; NCLASSES],
         base: [top; NCLASSES],
         home: [top; NCLASSES],
@@ -102,16 +98,6 @@ const fn empty_cache() -> TCache {
     }
 }
 
-const fn with_empty_bins(mut t: TCache) -> TCache {
-    let top = t.base[0];
-    let mut c = 0;
-    while c < NCLASSES {
-        t.bins[c] = Bin { top, end: top };
-        c += 1;
-    }
-    t
-}
-
 const _: () = assert!(core::mem::offset_of!(TCache, bins) == 16);
 const _: () = assert!(core::mem::size_of::<Bin>() == 16);
 
@@ -120,9 +106,9 @@ pub struct SyncCache(TCache);
 unsafe impl Sync for SyncCache {}
 /// What a thread's slot points at before its first call: sends every call to the slow path,
 /// which creates the thread's cache.
-pub static UNSET: SyncCache = SyncCache(with_empty_bins(empty_cache()));
+pub static UNSET: SyncCache = SyncCache(empty_cache());
 /// What the slot points at after thread exit: the slow paths see it and use the arenas.
-static DEAD: SyncCache = SyncCache(with_empty_bins(empty_cache()));
+static DEAD: SyncCache = SyncCache(empty_cache());
 
 /// Starting capacity of class `c`'s stack: the option's byte budget in blocks, within
 /// bounds; 0 when thread caches are off.
@@ -222,7 +208,7 @@ fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
 /// cache is UNSET or DEAD): then take the slow path.
 #[inline(always)]
 pub fn pop(tc: *mut TCache, c: usize) -> *mut u8 {
-    pop_at(tc, 16 * (c + 1))
+    pop_at(tc, size_class::bin_of_class(c))
 }
 
 /// `pop` of the class whose bin is `off` bytes into the cache (`size_class::bin_offset_of`).
@@ -252,7 +238,7 @@ pub fn pop_at(tc: *mut TCache, off: usize) -> *mut u8 {
 /// DEAD).
 #[inline(always)]
 pub fn push(tc: *mut TCache, c: usize, p: *mut u8, secret: u64) -> bool {
-    push_at(tc, 16 * (c + 1), p, secret)
+    push_at(tc, size_class::bin_of_class(c), p, secret)
 }
 
 /// `push` to the bin `off` bytes into the cache (16 × (class + 1): `PageInfo::bin`).
@@ -462,7 +448,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
     // goes back to its span, or the thread's next malloc of that class would write to the
     // cache line the other thread's neighbouring blocks live on (passive false sharing:
     // an object handed over at thread start, freed, then the thread's own small objects).
-    if is_live(tc) && !(fresh && !owns(cache_ref(tc), p)) {
+    if is_live(tc) && (!fresh || owns(cache_ref(tc), p)) {
         let events = arena::pressure_events();
         if events != cache_ref(tc).pressure_seen {
             // Some arena's heap just shrank in bulk: the program is freeing, not churning.
@@ -487,17 +473,8 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             let t = cache_ref(tc);
             let cap = t.cap[c] as usize;
             let max = max_capacity(c);
-            // Grow only a stack of the thread's own blocks: one holding other threads' blocks
-            // is part of a hand-over (objects migrating between threads), which a bigger
-            // stack would only slow down to give memory back. The scan is O(cap), and stacks
-            // grow a few times per burst at most.
-            // SAFETY: the first `count` slots hold blocks.
-            let held = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
-            let local = owns(t, p) && held.iter().all(|&q| owns(t, q));
             let start = capacity(c);
-            let room = grown_bytes(t) + ((cap * 2).min(max) - cap) * CLASSES[c].size as usize
-                <= GROWN_BYTES_FACTOR * TCACHE_BYTES.load(Relaxed) as usize;
-            if local && t.refilled[c] && cap < max && room {
+            if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
                 set_capacity(t, c, (cap * 2).min(max));
                 stats::count_growth();
             } else if !t.refilled[c] && cap > start {
@@ -519,6 +496,22 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
     unsafe { *(p as *mut u64).add(1) = secret };
     let mut one = [p];
     return_blocks(&mut one);
+}
+
+/// Whether class `c`'s full stack (`cap` < `max` blocks), overflowing on `p` after a refill,
+/// may double: all grown stacks stay within GROWN_BYTES_FACTOR × the budget, and the stack
+/// holds only the thread's own blocks (one holding other threads' blocks is part of a
+/// hand-over, objects migrating between threads, which a bigger stack would only slow down
+/// to give memory back). The scans are O(classes + cap), on overflows only, and stacks grow a
+/// few times per burst at most.
+fn may_grow(t: &TCache, c: usize, cap: usize, max: usize, p: *mut u8) -> bool {
+    let more = ((cap * 2).min(max) - cap) * CLASSES[c].size as usize;
+    if grown_bytes(t) + more > GROWN_BYTES_FACTOR * TCACHE_BYTES.load(Relaxed) as usize {
+        return false;
+    }
+    // SAFETY: the first `count` slots hold blocks.
+    let held = unsafe { core::slice::from_raw_parts(t.base[c], count(t, c)) };
+    owns(t, p) && held.iter().all(|&q| owns(t, q))
 }
 
 /// Whether small block `p` lies in a chunk of the cache's own arena.
