@@ -28,12 +28,10 @@ pub struct ArenaState {
     last_chunk: *mut Chunk,
     /// Start of the current purge epoch.
     epoch_start: u64,
-    /// Pages freed since the arena was last purged (0 = nothing to purge).
-    dirtied: usize,
+    /// Free pages of this arena's chunks that may be resident (not purged since freed).
+    dirty: usize,
     /// Pages holding spans or large objects.
     pub active: usize,
-    /// Most active pages since the current purge epoch began.
-    epoch_peak: usize,
     /// Statistics per class: blocks handed to caches, blocks returned, spans in use.
     pub taken: [u64; NCLASSES],
     pub returned: [u64; NCLASSES],
@@ -53,9 +51,8 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     chunks: null_mut(),
     last_chunk: null_mut(),
     epoch_start: 0,
-    dirtied: 0,
+    dirty: 0,
     active: 0,
-    epoch_peak: 0,
     taken: [0; NCLASSES],
     returned: [0; NCLASSES],
     spans: [0; NCLASSES],
@@ -85,10 +82,13 @@ pub fn pressure_events() -> usize {
 }
 
 /// Dirty pages an arena keeps, whatever happens, until its purge epoch ends (2 MiB). Beyond
-/// it, a heap that shrinks to a quarter of its epoch's peak is purged at once, so a program
-/// that frees everything gets its memory back even if it then stays idle, while a working
-/// set that is freed and reused (churn) is left to the epochs.
+/// it, an arena whose dirty pages outnumber its active pages DIRTY_RATIO times (its resident
+/// footprint shrank to a quarter) is purged at once, so a program that frees everything
+/// gets its memory back even if it then stays idle, while a working set that is freed and
+/// reused (churn) is left to the epochs. The bound depends on no clock: a bulk free that
+/// straddles an epoch's end is caught like one within an epoch.
 const DIRTY_MIN_PAGES: usize = (2 << 20) / crate::config::PAGE_SIZE;
+const DIRTY_RATIO: usize = 3;
 
 pub fn lock(a: usize) -> Guard<'static, ArenaState> {
     ARENAS[a % MAX_ARENAS].0.lock()
@@ -175,27 +175,37 @@ impl ArenaState {
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
+            let dirty = ch.dirty_count();
             if let Some(idx) = ch.alloc_pages(n, align) {
+                self.dirty -= dirty - ch.dirty_count();
                 return Some((c, idx));
             }
             c = ch.next;
         }
+        // a new chunk (fresh or pooled) has no dirty pages
         let c = new_chunk(arena)?;
         self.link_chunk(c);
         let idx = chunk_ref(c).alloc_pages(n, align)?;
         Some((c, idx))
     }
 
+    /// Takes the free pages `idx..idx + n` of chunk `c` (checked free by the caller).
+    fn take_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
+        let ch = chunk_ref(c);
+        let dirty = ch.dirty_count();
+        ch.take_pages(idx, n);
+        self.dirty -= dirty - ch.dirty_count();
+    }
+
     fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
-        self.dirtied += chunk_ref(c).free_pages(idx, n);
+        self.dirty += chunk_ref(c).free_pages(idx, n);
         self.active -= n;
         stats::add_active_pages(-(n as isize));
-        if self.dirtied > DIRTY_MIN_PAGES && self.active < self.epoch_peak / 4 {
-            // The heap shrank to a quarter of its size within this epoch: a bulk free, not
-            // churn. Give the pages back now; the program may stay idle from here on.
+        if self.dirty > DIRTY_MIN_PAGES && self.dirty > DIRTY_RATIO * self.active {
+            // The resident footprint is mostly free pages: a bulk free, not churn. Give them
+            // back now; the program may stay idle from here on.
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
-            self.epoch_peak = self.active;
         } else {
             self.tick();
         }
@@ -203,7 +213,6 @@ impl ArenaState {
 
     fn count_active(&mut self, n: usize) {
         self.active += n;
-        self.epoch_peak = self.epoch_peak.max(self.active);
         stats::add_active_pages(n as isize);
     }
 
@@ -315,8 +324,8 @@ impl ArenaState {
             if !ch.pages_free(idx + old, npages - old) {
                 return false;
             }
-            ch.take_pages(idx + old, npages - old);
-            ch.make_large(idx, npages);
+            self.take_pages(c, idx + old, npages - old);
+            chunk_ref(c).make_large(idx, npages);
             self.count_active(npages - old);
         }
         true
@@ -324,13 +333,12 @@ impl ArenaState {
 
     /// Starts a new purge epoch when the current one is over.
     fn tick(&mut self) {
-        if self.dirtied == 0 {
+        if self.dirty == 0 {
             return;
         }
         let now = os::now_ns();
         if now.wrapping_sub(self.epoch_start) >= PURGE_EPOCH_NS.load(Relaxed) {
             self.epoch_start = now;
-            self.epoch_peak = self.active;
             self.purge(false);
         }
     }
@@ -355,7 +363,7 @@ impl ArenaState {
             }
             c = next;
         }
-        self.dirtied = still_dirty;
+        self.dirty = still_dirty;
         stats::add_purged_pages(purged);
         purged
     }
@@ -445,6 +453,9 @@ impl ArenaState {
         }
         if listed != spans_listed {
             fatal("check", "partial lists miss spans of arena", arena);
+        }
+        if self.dirty != self.dirty_pages() {
+            fatal("check", "dirty page count wrong in arena", arena);
         }
     }
 }

@@ -57,10 +57,11 @@ pub struct TCache {
     arena: usize,
     /// `arena::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
-    /// Frees bypass the cache (every capacity 0) until this thread allocates again or has
-    /// freed DRAIN_FREES blocks this way (a thread that only frees must not stay slow).
+    /// Every capacity is at most DRAIN_CAP, or 0 (frees bypass the cache), until this thread
+    /// allocates again (see `set_draining`).
     draining: bool,
-    drained: u32,
+    /// Stacks that overflowed since this thread last refilled one (DRAIN_AFTER).
+    overflows: u32,
     /// Link in the pool of caches of exited threads, or in the list of live caches.
     next_free: *mut TCache,
     next_live: *mut TCache,
@@ -91,7 +92,7 @@ const fn empty_cache() -> TCache {
         arena: 0,
         pressure_seen: 0,
         draining: false,
-        drained: 0,
+        overflows: 0,
         next_free: null_mut(),
         next_live: null_mut(),
         prev_live: null_mut(),
@@ -173,8 +174,14 @@ static CACHES: Mutex<Caches> = Mutex::new(Caches {
     live: null_mut(),
     nmalloc_retired: [0; NCLASSES],
 });
-/// Frees a draining cache sends straight to their spans before it caches again.
-const DRAIN_FREES: u32 = 4096;
+/// Overflows without a refill after which a cache drains: the thread is freeing far more
+/// than it allocates (a bulk free, or a consumer). Balanced work refills between overflows;
+/// freeing a batch of a few thousand blocks overflows once or twice per class.
+const DRAIN_AFTER: u32 = 64;
+/// Capacity of every class while a cache drains after DRAIN_AFTER overflows: an arena lock
+/// per this many frees for a thread that only frees (a consumer), and few enough cached
+/// blocks that the spans they pin cannot keep their arenas from purging.
+const DRAIN_CAP: usize = 8;
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]
@@ -320,6 +327,7 @@ pub fn get_or_create() -> *mut TCache {
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
     t.draining = false;
+    t.overflows = 0;
     t.nmalloc = [[0; 2]; NCLASSES];
     {
         let mut r = CACHES.lock();
@@ -355,9 +363,10 @@ pub fn arena_of(tc: *mut TCache) -> usize {
 pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     crate::region::tick_if_due();
     if cache_ref(tc).draining {
-        set_draining(tc, false);
+        set_draining(tc, None);
     }
     let t = cache_ref(tc);
+    t.overflows = 0;
     let a = t.arena;
     let cap = t.cap[c] as usize;
     if cap == 0 {
@@ -456,7 +465,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             // that cached blocks do not keep otherwise empty spans resident.
             cache_ref(tc).pressure_seen = events;
             flush_all(tc);
-            set_draining(tc, true);
+            set_draining(tc, Some(0));
             // Huge objects freed before the arenas shrank were kept against the old budget.
             crate::region::enforce();
         }
@@ -464,13 +473,26 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             return;
         }
         if cache_ref(tc).draining {
-            cache_ref(tc).drained += 1;
-            if cache_ref(tc).drained >= DRAIN_FREES {
-                set_draining(tc, false);
+            // a full stack goes back whole; with capacity 0, the block goes straight back
+            let n = count(cache_ref(tc), c);
+            if n > 0 {
+                flush(tc, c, n);
+                if push(tc, c, p, secret) {
+                    return;
+                }
+            }
+        } else if cache_ref(tc).overflows >= DRAIN_AFTER {
+            // Without the drain, the last blocks of a bulk free stay cached, each pinning
+            // its span, and keep their arena's dirty pages below the purge trigger.
+            flush_all(tc);
+            set_draining(tc, Some(DRAIN_CAP));
+            if push(tc, c, p, secret) {
+                return;
             }
         } else {
             crate::region::tick_if_due();
             let t = cache_ref(tc);
+            t.overflows += 1;
             let cap = t.cap[c] as usize;
             let max = max_capacity(c);
             let start = capacity(c);
@@ -522,13 +544,18 @@ fn owns(t: &TCache, p: *mut u8) -> bool {
     a as usize == t.arena
 }
 
-/// Turns caching of frees off (every capacity 0) or back on.
-fn set_draining(tc: *mut TCache, on: bool) {
+/// Turns draining on with capacity `Some(cap)` per class (an emptied cache), or off with
+/// None. A draining cache flushes a full stack whole, so that when a program frees most of
+/// its heap and goes idle, few cached blocks pin spans: at full capacity, blocks freed in a
+/// scrambled order pin one span each, megabytes, and keep their arenas' dirty pages below
+/// the purge trigger. After an arena purged in bulk the capacity is 0, every free goes
+/// straight to its span (one lock each, like the first frees of a fresh cache) and the
+/// chunks the program emptied are released whole.
+fn set_draining(tc: *mut TCache, cap: Option<usize>) {
     let t = cache_ref(tc);
-    t.draining = on;
-    t.drained = 0;
+    t.draining = cap.is_some();
     for c in 0..NCLASSES {
-        set_capacity(t, c, if on { 0 } else { capacity(c) });
+        set_capacity(t, c, cap.map_or(capacity(c), |d| capacity(c).min(d)));
     }
 }
 
