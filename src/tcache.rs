@@ -60,8 +60,9 @@ pub struct TCache {
     /// Every capacity is at most DRAIN_CAP, or 0 (frees bypass the cache), until this thread
     /// allocates again (see `set_draining`).
     draining: bool,
-    /// Stacks that overflowed since this thread last refilled one (DRAIN_AFTER).
-    overflows: u32,
+    /// Bytes of full stacks that overflowed since this thread last refilled one (see
+    /// DRAIN_AFTER_BYTES).
+    overflowed: usize,
     /// Link in the pool of caches of exited threads, or in the list of live caches.
     next_free: *mut TCache,
     next_live: *mut TCache,
@@ -92,7 +93,7 @@ const fn empty_cache() -> TCache {
         arena: 0,
         pressure_seen: 0,
         draining: false,
-        overflows: 0,
+        overflowed: 0,
         next_free: null_mut(),
         next_live: null_mut(),
         prev_live: null_mut(),
@@ -122,7 +123,7 @@ fn capacity(c: usize) -> usize {
     }
 }
 
-/// Most blocks a grown stack may hold: 16 × the byte budget in blocks, at most GROWN_MAX (and
+/// Most blocks a grown stack may hold: 32 × the byte budget in blocks, at most GROWN_MAX (and
 /// all grown stacks together at most GROWN_BYTES_FACTOR × the budget beyond their start).
 /// A class's stack grows (doubling) when it overflows, on a block of the thread's own arena,
 /// after a refill since its last flush:
@@ -135,13 +136,16 @@ fn capacity(c: usize) -> usize {
 /// allocates) and when the cache drains.
 fn max_capacity(c: usize) -> usize {
     let budget = TCACHE_BYTES.load(Relaxed) as usize;
-    capacity(c).max((16 * budget / CLASSES[c].size as usize).min(GROWN_MAX))
+    capacity(c).max((32 * budget / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
 /// Bytes all of a thread's grown stacks may hold beyond their starting capacities together:
-/// this many times the byte budget (1 MiB by default), so that a thread that goes idle after
-/// bursts in many classes keeps at most that much more than before growth existed.
-const GROWN_BYTES_FACTOR: usize = 32;
+/// this many times the byte budget (1.5 MiB by default), so that a thread that goes idle
+/// after bursts in many classes keeps at most that much more than before growth existed.
+/// Batches of a few thousand blocks over all classes (reverse-free) need about that much
+/// beyond the starting stacks; with less, stacks at their limit overflow, shrink and grow
+/// again on every batch.
+const GROWN_BYTES_FACTOR: usize = 96;
 
 /// Bytes of blocks a cache's stacks may hold beyond their starting capacities.
 fn grown_bytes(t: &TCache) -> usize {
@@ -174,11 +178,12 @@ static CACHES: Mutex<Caches> = Mutex::new(Caches {
     live: null_mut(),
     nmalloc_retired: [0; NCLASSES],
 });
-/// Overflows without a refill after which a cache drains: the thread is freeing far more
-/// than it allocates (a bulk free, or a consumer). Balanced work refills between overflows;
-/// freeing a batch of a few thousand blocks overflows once or twice per class.
-const DRAIN_AFTER: u32 = 64;
-/// Capacity of every class while a cache drains after DRAIN_AFTER overflows: an arena lock
+/// Bytes of overflowing stacks without a refill after which a cache drains: the thread has
+/// freed several times what its cache can hold without allocating (a bulk free, or a
+/// consumer). Balanced work refills between overflows, and freeing a batch of a few
+/// thousand blocks overflows a stack or two per class (a megabyte or two).
+const DRAIN_AFTER_BYTES: usize = 8 << 20;
+/// Capacity of every class while a cache drains after DRAIN_AFTER_BYTES: an arena lock
 /// per this many frees for a thread that only frees (a consumer), and few enough cached
 /// blocks that the spans they pin cannot keep their arenas from purging.
 const DRAIN_CAP: usize = 8;
@@ -301,9 +306,12 @@ pub fn get_or_create() -> *mut TCache {
     for c in 0..NCLASSES {
         let cap = capacity(c);
         // SAFETY: the home stacks, each under its null slot, lie back to back inside the
-        // mapping of mapping_len() bytes, the grown places after them.
+        // mapping of mapping_len() bytes, the grown places after them. The null slot is not
+        // written: a fresh mapping reads zero (untouched, its page stays out of the resident
+        // set until the class is used) and nothing stores into it later, so a recycled
+        // cache still has it.
         unsafe {
-            *stack = null_mut();
+            debug_assert!((*stack).is_null());
             let base = stack.add(1);
             t.base[c] = base;
             t.home[c] = base;
@@ -327,7 +335,7 @@ pub fn get_or_create() -> *mut TCache {
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
     t.draining = false;
-    t.overflows = 0;
+    t.overflowed = 0;
     t.nmalloc = [[0; 2]; NCLASSES];
     {
         let mut r = CACHES.lock();
@@ -366,7 +374,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
         set_draining(tc, None);
     }
     let t = cache_ref(tc);
-    t.overflows = 0;
+    t.overflowed = 0;
     let a = t.arena;
     let cap = t.cap[c] as usize;
     if cap == 0 {
@@ -481,7 +489,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
                     return;
                 }
             }
-        } else if cache_ref(tc).overflows >= DRAIN_AFTER {
+        } else if cache_ref(tc).overflowed >= DRAIN_AFTER_BYTES {
             // Without the drain, the last blocks of a bulk free stay cached, each pinning
             // its span, and keep their arena's dirty pages below the purge trigger.
             flush_all(tc);
@@ -492,8 +500,8 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
         } else {
             crate::region::tick_if_due();
             let t = cache_ref(tc);
-            t.overflows += 1;
             let cap = t.cap[c] as usize;
+            t.overflowed += cap * CLASSES[c].size as usize;
             let max = max_capacity(c);
             let start = capacity(c);
             if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
