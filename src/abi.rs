@@ -117,7 +117,7 @@ pub unsafe extern "C" fn posix_memalign(
     align: usize,
     size: usize,
 ) -> c_int {
-    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     let p = memalign_impl(align, size);
@@ -169,7 +169,7 @@ pub extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) 
         return;
     }
     if size > heap::usable_size(p as *mut u8, "free_aligned_sized")
-        || (align != 0 && (p as usize) % align != 0)
+        || (align != 0 && !(p as usize).is_multiple_of(align))
     {
         fatal(
             "free_aligned_sized",

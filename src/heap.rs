@@ -236,7 +236,7 @@ pub fn malloc_aligned(align: usize, size: usize) -> *mut u8 {
             // a class whose size is a multiple of `align` gives aligned blocks. Every power
             // of two from 16 B to SMALL_MAX is a class.
             let mut c = class_of(s);
-            if CLASSES[c].size as usize % align != 0 {
+            if !(CLASSES[c].size as usize).is_multiple_of(align) {
                 c = class_of(s.next_power_of_two());
             }
             return alloc_class(c);

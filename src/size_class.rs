@@ -75,7 +75,7 @@ const fn build_classes() -> [ClassInfo; NCLASSES] {
         let pages = pages_of_class(c);
         t[c] = ClassInfo {
             size: s as u32,
-            magic: (((1u64 << 32) + s as u64 - 1) / s as u64) as u32,
+            magic: (1u64 << 32).div_ceil(s as u64) as u32,
             blocks: (pages * PAGE_SIZE / s) as u16,
             pages: pages as u8,
         };
@@ -135,7 +135,7 @@ fn is_block_start(c: usize, off: usize) -> bool {
 /// `bin`; false for 0 (a page that is not small). `bin` must be 0 or such an offset.
 #[inline(always)]
 pub(crate) fn is_block_start_at(bin: usize, off: usize) -> bool {
-    debug_assert!(bin % 16 == 0 && bin / 16 < CHECKS_LEN);
+    debug_assert!(bin.is_multiple_of(16) && bin / 16 < CHECKS_LEN);
     // SAFETY: the entries are 16 bytes, so byte offset `bin` (0 or 16 × (class + 1), the
     // only values PageInfo::new stores) is entry bin / 16 < CHECKS_LEN.
     let k = unsafe { &*((BLOCK_CHECKS.as_ptr() as *const u8).add(bin) as *const BlockCheck) };
@@ -203,7 +203,7 @@ pub fn block_index(c: &ClassInfo, off: usize) -> usize {
 }
 
 const _: () = assert!(size_of_class(NCLASSES - 1) == SMALL_MAX);
-const _: () = assert!(SMALL_MAX % 16 == 0 && SMALL_MAX / 16 < LUT_LEN);
+const _: () = assert!(SMALL_MAX.is_multiple_of(16) && SMALL_MAX / 16 < LUT_LEN);
 
 #[cfg(test)]
 mod tests {

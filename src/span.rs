@@ -94,7 +94,7 @@ pub struct Chunk {
 /// The inaccessible first OS page of every chunk; the header starts after it.
 pub const CHUNK_GUARD: usize = crate::os::OS_PAGE;
 pub const HEADER_PAGES: usize =
-    (CHUNK_GUARD + core::mem::size_of::<Chunk>() + PAGE_SIZE - 1) / PAGE_SIZE;
+    (CHUNK_GUARD + core::mem::size_of::<Chunk>()).div_ceil(PAGE_SIZE);
 pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 const _: () = assert!(HEADER_PAGES <= 3, "the header grew: usable pages shrink");
 const _: () = assert!(PAGES_PER_CHUNK <= 256, "PageInfo::head is a byte");
@@ -203,7 +203,7 @@ impl Chunk {
         let mut from = HEADER_PAGES;
         loop {
             let s = next_with(&self.free, from, true)?;
-            let s = (s + align - 1) / align * align;
+            let s = s.div_ceil(align) * align;
             if s + n > PAGES_PER_CHUNK {
                 return None;
             }

@@ -87,7 +87,7 @@ pub fn resident_bytes() -> usize {
     // SAFETY: a NUL-terminated path; open/read/close on our own descriptor and stack buffer.
     let n = unsafe {
         let fd = libc::open(
-            b"/proc/self/statm\0".as_ptr() as *const libc::c_char,
+            c"/proc/self/statm".as_ptr(),
             libc::O_RDONLY,
         );
         if fd < 0 {
@@ -161,11 +161,9 @@ pub fn write_report(w: &mut Writer, wait: bool) {
         .str("  growths: ")
         .dec(CACHE_GROWTHS.load(Relaxed) as u64)
         .str("  hit rate: ");
-    let hit_permille = if total_requests == 0 {
-        0
-    } else {
-        1000 - (s.cache_refills as u64 * 1000 / total_requests).min(1000)
-    };
+    let hit_permille = (s.cache_refills as u64 * 1000)
+        .checked_div(total_requests)
+        .map_or(0, |miss| 1000 - miss.min(1000));
     w.dec(hit_permille / 10)
         .str(".")
         .dec(hit_permille % 10)

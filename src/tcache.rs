@@ -614,7 +614,7 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
         let n = (top.saturating_sub(base) / 8).min(room);
         // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
         let s = unsafe { core::slice::from_raw_parts(base as *const *mut u8, n) };
-        if s.iter().any(|&q| q == p) {
+        if s.contains(&p) {
             return true;
         }
         t = tc.next_live;
