@@ -206,9 +206,29 @@ impl ArenaState {
             // back now; the program may stay idle from here on.
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
+        } else if chunk_ref(c).is_empty() && self.has_other_empty_chunk(c) {
+            // An arena keeps one empty chunk for the next span; a second one leaves now,
+            // rather than at the end of the epoch that may never come if the program goes
+            // idle (its header and dirty pages would stay resident).
+            let ch = chunk_ref(c);
+            self.dirty -= ch.dirty_count();
+            self.unlink_chunk(c);
+            release_chunk(c);
         } else {
             self.tick();
         }
+    }
+
+    /// Whether a chunk of this arena other than `c` is empty.
+    fn has_other_empty_chunk(&self, c: *mut Chunk) -> bool {
+        let mut o = self.chunks;
+        while !o.is_null() {
+            if o != c && chunk_ref(o).is_empty() {
+                return true;
+            }
+            o = chunk_ref(o).next;
+        }
+        false
     }
 
     fn count_active(&mut self, n: usize) {
