@@ -3,7 +3,11 @@
  *    thread; each thread frees its block, then allocates blocks of the same size. None of
  *    them may be on a cache line holding another thread's block (Hoard's cache-scratch).
  *  - active: threads allocating small blocks at the same time get blocks on disjoint
- *    cache lines. */
+ *    cache lines.
+ *  - after exits: with 6 arenas (the test re-executes itself with RSMALLOC_ARENAS=6),
+ *    threads that start one after another once the others exited never share the main
+ *    thread's arena (round robin would hand it out every 6th thread), so their blocks
+ *    cannot share its spans. */
 #include "common.h"
 
 #include <pthread.h>
@@ -36,8 +40,39 @@ static void *worker(void *p)
     return NULL;
 }
 
-int main(void)
+/* A thread's block lies in the 4 MiB chunk of the main thread's block only if the two
+ * threads share an arena (a chunk belongs to one arena at a time). */
+static void *passing(void *p)
 {
+    void *q = malloc(72);
+    *(uintptr_t *)p = (uintptr_t)q;
+    free(q);
+    return NULL;
+}
+
+static void after_exits(void)
+{
+    void *m = malloc(72);
+    int shared = 0;
+    for (int i = 0; i < 12; i++) {
+        uintptr_t got = 0;
+        pthread_t p;
+        pthread_create(&p, NULL, passing, &got);
+        pthread_join(p, NULL);
+        if (got >> 22 == (uintptr_t)m >> 22) shared++;
+    }
+    CHECK(shared == 0, "%d of 12 short-lived threads (one at a time, 6 arenas) shared the main thread's arena while others were unused", shared);
+    free(m);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    if (!getenv("RSMALLOC_ARENAS")) {
+        setenv("RSMALLOC_ARENAS", "6", 1);
+        execv("/proc/self/exe", argv);
+        FAILF("execv(/proc/self/exe) failed");
+    }
     rs_check_loaded("false_sharing");
     struct arg args[NT];
     uintptr_t handed[NT];
@@ -64,5 +99,6 @@ int main(void)
     CHECK(shared == 0, "%d blocks share a cache line with another thread's block", shared);
     pthread_barrier_wait(&bar);
     for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+    after_exits();
     return rs_summary("false_sharing");
 }

@@ -16,7 +16,7 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::arena;
-use crate::config::{narenas, TCACHE_BYTES};
+use crate::config::{narenas, MAX_ARENAS, TCACHE_BYTES};
 use crate::init;
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
@@ -188,6 +188,32 @@ const DRAIN_AFTER_BYTES: usize = 8 << 20;
 /// blocks that the spans they pin cannot keep their arenas from purging.
 const DRAIN_CAP: usize = 8;
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
+/// Live thread caches per arena.
+static ARENA_LOAD: [AtomicUsize; MAX_ARENAS] = [const { AtomicUsize::new(0) }; MAX_ARENAS];
+
+/// The arena for a new thread: one no live thread uses if there is one (looking from a
+/// rotating start), else the least used. Threads sharing an arena refill from the same
+/// spans, so their blocks can share cache lines (active false sharing) and they wait for
+/// each other's lock; round robin alone shares an arena as soon as threads exit in another
+/// order than they started. Two threads starting at once may pick the same arena: harmless.
+fn pick_arena() -> usize {
+    let n = narenas();
+    let start = NEXT_ARENA.fetch_add(1, Relaxed);
+    let mut best = start % n;
+    let mut best_load = usize::MAX;
+    for i in 0..n {
+        let a = (start + i) % n;
+        let load = ARENA_LOAD[a].load(Relaxed);
+        if load < best_load {
+            (best, best_load) = (a, load);
+            if load == 0 {
+                break;
+            }
+        }
+    }
+    ARENA_LOAD[best].fetch_add(1, Relaxed);
+    best
+}
 
 #[inline(always)]
 fn dead() -> *mut TCache {
@@ -331,7 +357,7 @@ pub fn get_or_create() -> *mut TCache {
             stack = stack.add(1 + max_capacity(c));
         }
     }
-    t.arena = NEXT_ARENA.fetch_add(1, Relaxed) % narenas();
+    t.arena = pick_arena();
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
     t.draining = false;
@@ -652,6 +678,7 @@ pub fn retire(tc: *mut TCache) {
     // arena now rather than leave it to later activity.
     let a = cache_ref(tc).arena;
     arena::lock(a).purge(true);
+    ARENA_LOAD[a].fetch_sub(1, Relaxed);
     stats::add_threads(-1);
     let mut r = CACHES.lock();
     let t = cache_ref(tc);
