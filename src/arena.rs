@@ -11,7 +11,7 @@
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::config::{narenas, CHUNK_SIZE, MAX_ARENAS, PURGE_EPOCH_NS};
+use crate::config::{narenas, CHUNK_SIZE, MAX_ARENAS, PAGE_SIZE, PURGE_EPOCH_NS};
 use crate::lock::{Guard, Mutex};
 use crate::os;
 use crate::pagemap;
@@ -32,6 +32,9 @@ pub struct ArenaState {
     dirty: usize,
     /// Pages holding spans or large objects.
     pub active: usize,
+    /// Bytes out of this arena: small blocks handed to caches or programs, large objects.
+    /// Unlike `active`, a span pinned by one cached block counts for that block only.
+    used: usize,
     /// Statistics per class: blocks handed to caches, blocks returned, spans in use.
     pub taken: [u64; NCLASSES],
     pub returned: [u64; NCLASSES],
@@ -53,6 +56,7 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     epoch_start: 0,
     dirty: 0,
     active: 0,
+    used: 0,
     taken: [0; NCLASSES],
     returned: [0; NCLASSES],
     spans: [0; NCLASSES],
@@ -82,12 +86,13 @@ pub fn pressure_events() -> usize {
 }
 
 /// Dirty pages an arena keeps, whatever happens, until its purge epoch ends (2 MiB). Beyond
-/// it, an arena whose dirty pages outnumber its active pages DIRTY_RATIO times (its resident
-/// footprint shrank to a quarter) is purged at once, so a program that frees everything
+/// it, an arena whose dirty bytes exceed DIRTY_RATIO times its used bytes (its resident
+/// footprint shrank to a quarter of what it was; blocks sitting in thread caches count
+/// as used, the rest of the spans they pin does not) is purged at once, so a program that frees everything
 /// gets its memory back even if it then stays idle, while a working set that is freed and
 /// reused (churn) is left to the epochs. The bound depends on no clock: a bulk free that
 /// straddles an epoch's end is caught like one within an epoch.
-const DIRTY_MIN_PAGES: usize = (2 << 20) / crate::config::PAGE_SIZE;
+const DIRTY_MIN_PAGES: usize = (2 << 20) / PAGE_SIZE;
 const DIRTY_RATIO: usize = 3;
 
 pub fn lock(a: usize) -> Guard<'static, ArenaState> {
@@ -201,7 +206,7 @@ impl ArenaState {
         self.dirty += chunk_ref(c).free_pages(idx, n);
         self.active -= n;
         stats::add_active_pages(-(n as isize));
-        if self.dirty > DIRTY_MIN_PAGES && self.dirty > DIRTY_RATIO * self.active {
+        if self.dirty > DIRTY_MIN_PAGES && self.dirty * PAGE_SIZE > DIRTY_RATIO * self.used {
             // The resident footprint is mostly free pages: a bulk free, not churn. Give them
             // back now; the program may stay idle from here on.
             PRESSURE.fetch_add(1, Relaxed);
@@ -260,6 +265,7 @@ impl ArenaState {
             }
         }
         self.taken[c] += got as u64;
+        self.used += got * k.size as usize;
         self.tick();
         got
     }
@@ -284,6 +290,7 @@ impl ArenaState {
         if !sp.put_block(i) {
             fatal(func, "double free", p);
         }
+        self.used -= k.size as usize;
         let class = sp.kind as usize - 1;
         self.returned[class] += 1;
         if sp.nfree == sp.nblocks {
@@ -315,6 +322,7 @@ impl ArenaState {
         let ch = chunk_ref(c);
         ch.make_large(idx, npages);
         self.count_active(npages);
+        self.used += npages * PAGE_SIZE;
         self.tick();
         Some(ch.page_addr(idx) as *mut u8)
     }
@@ -327,6 +335,7 @@ impl ArenaState {
             fatal(func, "double free", ch.page_addr(idx));
         }
         let n = ch.spans[idx].npages as usize;
+        self.used -= n * PAGE_SIZE;
         self.free_pages(c, idx, n);
     }
 
@@ -338,6 +347,7 @@ impl ArenaState {
         }
         let old = ch.spans[idx].npages as usize;
         if npages < old {
+            self.used -= (old - npages) * PAGE_SIZE;
             self.free_pages(c, idx + npages, old - npages);
             chunk_ref(c).spans[idx].npages = npages as u16;
         } else if npages > old {
@@ -347,6 +357,7 @@ impl ArenaState {
             self.take_pages(c, idx + old, npages - old);
             chunk_ref(c).make_large(idx, npages);
             self.count_active(npages - old);
+            self.used += (npages - old) * PAGE_SIZE;
         }
         true
     }
@@ -417,6 +428,7 @@ impl ArenaState {
         }
         let mut c = self.chunks;
         let mut spans_listed = [0usize; NCLASSES];
+        let mut used = 0;
         while !c.is_null() {
             let ch = chunk_ref(c);
             if ch.arena as usize != arena
@@ -461,8 +473,11 @@ impl ArenaState {
                     if sp.listed {
                         spans_listed[sp.kind as usize - 1] += 1;
                     }
+                    used += (sp.nblocks - sp.nfree) as usize * k.size as usize;
                 } else if sp.kind != KIND_LARGE {
                     fatal("check", "span of unknown kind at", ch.page_addr(i));
+                } else {
+                    used += sp.npages as usize * PAGE_SIZE;
                 }
                 i += sp.npages as usize;
             }
@@ -476,6 +491,9 @@ impl ArenaState {
         }
         if self.dirty != self.dirty_pages() {
             fatal("check", "dirty page count wrong in arena", arena);
+        }
+        if self.used != used {
+            fatal("check", "used byte count wrong in arena", arena);
         }
     }
 }
@@ -579,7 +597,7 @@ pub fn purge_all(skip: Option<usize>) -> usize {
         }
     }
     drain_pool();
-    n + crate::huge::drain_cache() / crate::config::PAGE_SIZE
+    n + crate::huge::drain_cache() / PAGE_SIZE
 }
 
 /// Runs the invariant walk over every arena.

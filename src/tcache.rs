@@ -60,6 +60,8 @@ pub struct TCache {
     /// Every capacity is at most DRAIN_CAP, or 0 (frees bypass the cache), until this thread
     /// allocates again (see `set_draining`).
     draining: bool,
+    /// Frees left before a cache drained by an arena's bulk purge (capacity 0) caches again.
+    bypass_left: u32,
     /// Bytes of full stacks that overflowed since this thread last refilled one (see
     /// DRAIN_AFTER_BYTES).
     overflowed: usize,
@@ -93,6 +95,7 @@ const fn empty_cache() -> TCache {
         arena: 0,
         pressure_seen: 0,
         draining: false,
+        bypass_left: 0,
         overflowed: 0,
         next_free: null_mut(),
         next_live: null_mut(),
@@ -178,15 +181,20 @@ static CACHES: Mutex<Caches> = Mutex::new(Caches {
     live: null_mut(),
     nmalloc_retired: [0; NCLASSES],
 });
-/// Bytes of overflowing stacks without a refill after which a cache drains: the thread has
-/// freed several times what its cache can hold without allocating (a bulk free, or a
-/// consumer). Balanced work refills between overflows, and freeing a batch of a few
+/// Bytes flushed from overflowing stacks without a refill after which a cache drains: the
+/// thread has freed several times what its cache can hold without allocating (a bulk free,
+/// or a consumer). Balanced work refills between overflows, and freeing a batch of a few
 /// thousand blocks overflows a stack or two per class (a megabyte or two).
 const DRAIN_AFTER_BYTES: usize = 8 << 20;
 /// Capacity of every class while a cache drains after DRAIN_AFTER_BYTES: an arena lock
 /// per this many frees for a thread that only frees (a consumer), and few enough cached
 /// blocks that the spans they pin cannot keep their arenas from purging.
-const DRAIN_CAP: usize = 8;
+const DRAIN_CAP: usize = 128;
+/// Frees that go straight to their spans after an arena purged in bulk, before the cache
+/// holds blocks again (at most DRAIN_CAP per class if the thread is still only freeing): the
+/// end of a bulk free leaves its arenas exact and empty, and a consumer thread that never
+/// allocates is not left taking a lock on every free.
+const BYPASS_FREES: u32 = 4096;
 static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
 /// Live thread caches per arena.
 static ARENA_LOAD: [AtomicUsize; MAX_ARENAS] = [const { AtomicUsize::new(0) }; MAX_ARENAS];
@@ -361,6 +369,7 @@ pub fn get_or_create() -> *mut TCache {
     t.next_free = null_mut();
     t.pressure_seen = arena::pressure_events();
     t.draining = false;
+    t.bypass_left = 0;
     t.overflowed = 0;
     t.nmalloc = [[0; 2]; NCLASSES];
     {
@@ -500,6 +509,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             cache_ref(tc).pressure_seen = events;
             flush_all(tc);
             set_draining(tc, Some(0));
+            cache_ref(tc).bypass_left = BYPASS_FREES;
             // Huge objects freed before the arenas shrank were kept against the old budget.
             crate::region::enforce();
         }
@@ -508,11 +518,17 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
         }
         if cache_ref(tc).draining {
             // a full stack goes back whole; with capacity 0, the block goes straight back
-            let n = count(cache_ref(tc), c);
+            let t = cache_ref(tc);
+            let n = count(t, c);
             if n > 0 {
                 flush(tc, c, n);
                 if push(tc, c, p, secret) {
                     return;
+                }
+            } else if t.bypass_left > 0 {
+                t.bypass_left -= 1;
+                if t.bypass_left == 0 {
+                    set_draining(tc, Some(DRAIN_CAP));
                 }
             }
         } else if cache_ref(tc).overflowed >= DRAIN_AFTER_BYTES {
@@ -527,21 +543,24 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             crate::region::tick_if_due();
             let t = cache_ref(tc);
             let cap = t.cap[c] as usize;
-            t.overflowed += cap * CLASSES[c].size as usize;
             let max = max_capacity(c);
             let start = capacity(c);
-            if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
+            let flushed = if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
                 set_capacity(t, c, (cap * 2).min(max));
                 stats::count_growth();
+                0
             } else if !t.refilled[c] && cap > start {
                 // Overflowing with no refill since the last flush: the thread is freeing
                 // more than it allocates. Back to the starting capacity, or the blocks left
                 // in a grown stack pin half-empty spans that a bulk free would release.
                 flush(tc, c, cap - start / 2);
                 set_capacity(cache_ref(tc), c, start);
+                cap - start / 2
             } else {
                 flush(tc, c, (cap / 2).max(1));
-            }
+                (cap / 2).max(1)
+            };
+            cache_ref(tc).overflowed += flushed * CLASSES[c].size as usize;
             if push(tc, c, p, secret) {
                 return;
             }
@@ -582,9 +601,9 @@ fn owns(t: &TCache, p: *mut u8) -> bool {
 /// None. A draining cache flushes a full stack whole, so that when a program frees most of
 /// its heap and goes idle, few cached blocks pin spans: at full capacity, blocks freed in a
 /// scrambled order pin one span each, megabytes, and keep their arenas' dirty pages below
-/// the purge trigger. After an arena purged in bulk the capacity is 0, every free goes
-/// straight to its span (one lock each, like the first frees of a fresh cache) and the
-/// chunks the program emptied are released whole.
+/// the purge trigger. After an arena purged in bulk the capacity is 0 for BYPASS_FREES
+/// frees, each going straight to its span (one lock each, like the first frees of a fresh
+/// cache), so that the chunks the program empties are released whole.
 fn set_draining(tc: *mut TCache, cap: Option<usize>) {
     let t = cache_ref(tc);
     t.draining = cap.is_some();
