@@ -87,10 +87,10 @@ pub fn pressure_events() -> usize {
 
 /// Dirty pages an arena keeps, whatever happens, until its purge epoch ends (2 MiB). Beyond
 /// it, an arena whose dirty bytes exceed DIRTY_RATIO times its used bytes (its resident
-/// footprint shrank to a quarter of what it was; blocks sitting in thread caches count
-/// as used, the rest of the spans they pin does not) is purged at once, so a program that frees everything
-/// gets its memory back even if it then stays idle, while a working set that is freed and
-/// reused (churn) is left to the epochs. The bound depends on no clock: a bulk free that
+/// footprint shrank to a quarter of what it was; blocks sitting in thread caches count as
+/// used, the rest of the spans they pin does not) is purged at once, so a program that
+/// frees everything gets its memory back even if it then stays idle, while a working set
+/// that is freed and reused (churn) is left to the epochs. The bound depends on no clock: a bulk free that
 /// straddles an epoch's end is caught like one within an epoch.
 const DIRTY_MIN_PAGES: usize = (2 << 20) / PAGE_SIZE;
 const DIRTY_RATIO: usize = 3;

@@ -545,22 +545,21 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             let cap = t.cap[c] as usize;
             let max = max_capacity(c);
             let start = capacity(c);
-            let flushed = if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
+            if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
                 set_capacity(t, c, (cap * 2).min(max));
                 stats::count_growth();
-                0
-            } else if !t.refilled[c] && cap > start {
+            } else {
                 // Overflowing with no refill since the last flush: the thread is freeing
                 // more than it allocates. Back to the starting capacity, or the blocks left
                 // in a grown stack pin half-empty spans that a bulk free would release.
-                flush(tc, c, cap - start / 2);
-                set_capacity(cache_ref(tc), c, start);
-                cap - start / 2
-            } else {
-                flush(tc, c, (cap / 2).max(1));
-                (cap / 2).max(1)
-            };
-            cache_ref(tc).overflowed += flushed * CLASSES[c].size as usize;
+                let shrink = !t.refilled[c] && cap > start;
+                let n = if shrink { cap - start / 2 } else { (cap / 2).max(1) };
+                flush(tc, c, n);
+                if shrink {
+                    set_capacity(cache_ref(tc), c, start);
+                }
+                cache_ref(tc).overflowed += n * CLASSES[c].size as usize;
+            }
             if push(tc, c, p, secret) {
                 return;
             }
