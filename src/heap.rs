@@ -12,6 +12,7 @@ use crate::config::{CHUNK_SIZE, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
 use crate::huge;
 use crate::init;
 use crate::pagemap::{self, KIND_CHUNK, KIND_HUGE, KIND_MASK};
+use crate::pages;
 use crate::report::fatal;
 use crate::size_class::{self, class_of, CLASSES};
 use crate::span::{Chunk, KIND_LARGE};
@@ -101,9 +102,7 @@ pub fn locate(p: usize) -> Located {
 /// the mark as stale data copied from memory that once held a free block (realloc copies
 /// the whole usable size), so the mark alone decides nothing.
 fn is_freed_small(p: *mut u8, c: usize) -> bool {
-    // SAFETY: `p` is a validated small block, so its chunk header is mapped.
-    let a = unsafe { (*Chunk::of(p as usize)).arena } as usize;
-    if arena::lock(a).small_is_free(p as usize) {
+    if arena::small_is_free(p as usize) {
         return true;
     }
     if tcache::any_cache_contains(c, p) {
@@ -181,7 +180,7 @@ fn alloc_class_slow(c: usize) -> *mut u8 {
 #[cold]
 fn reclaim(tc: *mut TCache) {
     tcache::flush_all(tc);
-    arena::purge_all(None);
+    arena::purge_all();
 }
 
 /// Large or huge allocation, or small with an alignment classes cannot give.
@@ -192,8 +191,7 @@ fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
     for attempt in 0..2 {
         let p = if size <= LARGE_MAX && align <= LARGE_ALIGN_MAX {
             let npages = size.div_ceil(PAGE_SIZE);
-            let a = tcache::arena_of(tcache::current());
-            let got = arena::alloc_large_anywhere(a, npages, (align / PAGE_SIZE).max(1));
+            let got = pages::alloc_large(npages, (align / PAGE_SIZE).max(1));
             match got {
                 Some(p) => {
                     if zero {
@@ -298,8 +296,7 @@ pub fn free_checked(p: *mut u8, func: &str) {
             tcache::free_slow(p, c, init::secret());
         }
         Located::Large(c, idx) => {
-            let arena = chunk_ref(c).arena as usize;
-            arena::lock(arena).free_large(Chunk::at_base(c), idx, func);
+            pages::free_large(Chunk::at_base(c), idx, func);
         }
         Located::Huge(base) => huge::free(base, a, func),
         Located::Invalid => fatal(func, "invalid pointer", a),
@@ -347,7 +344,11 @@ pub fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 fn grow_small(p: *mut u8, c: usize, usable: usize, size: usize) -> *mut u8 {
     // A small block that grows is likely to grow again (vectors, strings): give it room to
     // double once more in place, as glibc's in-place growth does.
-    let room = if size <= SMALL_MAX / 2 { size * 2 } else { size };
+    let room = if size <= SMALL_MAX / 2 {
+        size * 2
+    } else {
+        size
+    };
     let q = malloc(room);
     if !q.is_null() {
         // SAFETY: both blocks are live and distinct; p holds `usable` < size bytes.
@@ -374,9 +375,8 @@ fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
         Located::Large(c, idx) => {
             let usable = (chunk_ref(c).spans[idx].npages as usize) << PAGE_SHIFT;
             if size <= LARGE_MAX {
-                let arena = chunk_ref(c).arena as usize;
                 let npages = size.div_ceil(PAGE_SIZE);
-                if arena::lock(arena).resize_large(Chunk::at_base(c), idx, npages) {
+                if pages::resize_large(Chunk::at_base(c), idx, npages) {
                     return p;
                 }
             }
@@ -411,7 +411,7 @@ pub fn check() {
 /// purged.
 pub fn trim() -> usize {
     tcache::flush_all(tcache::current());
-    arena::purge_all(None)
+    arena::purge_all()
 }
 
 #[cfg(test)]
@@ -423,15 +423,19 @@ mod tests {
         for c in 0..crate::size_class::NCLASSES {
             let base = crate::os::map_aligned(CHUNK_SIZE, CHUNK_SIZE);
             assert!(!base.is_null());
-            assert!(pagemap::register(base as usize, CHUNK_SIZE, base as usize | KIND_CHUNK));
+            assert!(pagemap::register(
+                base as usize,
+                CHUNK_SIZE,
+                base as usize | KIND_CHUNK
+            ));
             // SAFETY: a fresh chunk-aligned mapping of CHUNK_SIZE bytes, owned by this test.
-            let ch = unsafe { &mut *Chunk::init(base, 0) };
+            let ch = unsafe { &mut *Chunk::init(base) };
             let k = CLASSES[c];
             // two spans back to back, a large object, then free pages
             let i1 = ch.alloc_pages(k.pages as usize, 1).unwrap();
-            ch.make_small(i1, c);
+            ch.make_small(i1, c, 0);
             let i2 = ch.alloc_pages(k.pages as usize, 1).unwrap();
-            ch.make_small(i2, c);
+            ch.make_small(i2, c, 0);
             let il = ch.alloc_pages(3, 1).unwrap();
             ch.make_large(il, 3);
             let b = base as usize;
@@ -442,7 +446,8 @@ mod tests {
                 for &(_, sb) in spans.iter() {
                     if a >= sb && a < sb + span_bytes {
                         let off = a - sb;
-                        if off % k.size as usize == 0 && off / (k.size as usize) < k.blocks as usize {
+                        if off % k.size as usize == 0 && off / (k.size as usize) < k.blocks as usize
+                        {
                             want = Some(size_class::bin_of_class(c));
                         }
                     }

@@ -262,7 +262,11 @@ pub fn drain_cache() -> usize {
 /// The cache's counters: (hits, misses, evicted, uncached, cached bytes); None when the
 /// cache is busy and `wait` is false.
 pub fn cache_counters(wait: bool) -> Option<(u64, u64, u64, u64, usize)> {
-    let c = if wait { CACHE.lock() } else { CACHE.try_lock()? };
+    let c = if wait {
+        CACHE.lock()
+    } else {
+        CACHE.try_lock()?
+    };
     Some((c.hits, c.misses, c.evicted, c.uncached, c.bytes))
 }
 
@@ -308,7 +312,10 @@ fn alloc_in_region(map_len: usize) -> Option<(*mut u8, bool)> {
     let mut heap = region::lock();
     let (base, zero) = heap.alloc(map_len)?;
     // The granules at `base` were just taken for this object.
-    seal(base, write_header(base, map_len, OS_PAGE, region::GRANULE, 1));
+    seal(
+        base,
+        write_header(base, map_len, OS_PAGE, region::GRANULE, 1),
+    );
     if !pagemap::register(base, map_len, base | pagemap::KIND_HUGE) {
         heap.free(base, map_len);
         return None;
@@ -383,7 +390,10 @@ fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {
         os::unmap(base, map_len);
         return core::ptr::null_mut();
     }
-    seal(base as usize, write_header(base as usize, map_len, user_off, base_align, 0));
+    seal(
+        base as usize,
+        write_header(base as usize, map_len, user_off, base_align, 0),
+    );
     stats::add_huge(map_len as isize, 1);
     CACHE.lock().live += map_len;
     (base as usize + user_off) as *mut u8

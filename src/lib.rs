@@ -26,6 +26,7 @@ mod init;
 mod lock;
 mod os;
 mod pagemap;
+mod pages;
 mod region;
 mod report;
 pub mod size_class;

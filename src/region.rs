@@ -262,7 +262,10 @@ impl Heap {
             self.note_slack(r, g + n - 1, os::round_page(len) - (n - 1) * GRANULE);
         }
         self.publish();
-        Some((self.regions[r].base + (g << CHUNK_SHIFT), dirty == 0 && !self.purge_fails))
+        Some((
+            self.regions[r].base + (g << CHUNK_SHIFT),
+            dirty == 0 && !self.purge_fails,
+        ))
     }
 
     /// Maps a new region; its index.
@@ -588,7 +591,11 @@ mod tests {
 
     #[test]
     fn dirty_granules_stay_within_the_live_budget() {
-        assert_eq!(budget(0, 0, MIN_FLOOR), 2, "a program that freed everything keeps two granules");
+        assert_eq!(
+            budget(0, 0, MIN_FLOOR),
+            2,
+            "a program that freed everything keeps two granules"
+        );
         assert_eq!(budget(1, GRANULE, MIN_FLOOR), 24);
         let mut h = heap_with_region();
         let mut objs = [(0usize, 0usize); 8];
@@ -600,7 +607,12 @@ mod tests {
             h.free(b, len);
             let floor = h.floor.min(h.last_freed).max(MIN_FLOOR);
             let allowed = budget(h.live_granules, stats::arena_active_bytes(), floor);
-            assert!(h.dirty_granules <= allowed, "{} > {}", h.dirty_granules, allowed);
+            assert!(
+                h.dirty_granules <= allowed,
+                "{} > {}",
+                h.dirty_granules,
+                allowed
+            );
         }
         h.purge(true, Why::Other);
         assert_eq!(h.dirty_granules, 0);

@@ -291,7 +291,11 @@ mod tests {
             // start from the page the pointer lies on, so it never asks past the span)
             for off in 0..k.pages as usize * PAGE_SIZE {
                 let want = off % size == 0 && off / size < k.blocks as usize;
-                assert_eq!(is_block_start(c, off), want, "class {c} size {size} off {off}");
+                assert_eq!(
+                    is_block_start(c, off),
+                    want,
+                    "class {c} size {size} off {off}"
+                );
             }
             for off in [size - 1, size + 1] {
                 assert!(!is_block_start(c, off), "class {c} off {off}");

@@ -11,7 +11,8 @@
 //! a block sitting in a thread cache counts as allocated here). Finding a pointer's span is
 //! address arithmetic: mask to the chunk, shift to the page, read the page's head index.
 //!
-//! Every function here expects the caller to hold the lock of the arena owning the chunk.
+//! Page bitmaps belong to the page heap (under its lock); a span's descriptor and page infos
+//! to the arena owning the span (under that arena's lock).
 
 use core::ptr::null_mut;
 
@@ -65,7 +66,9 @@ pub struct Span {
     pub kind: u8,
     /// Whether the span is on its arena's partial list.
     pub listed: bool,
-    pub npages: u16,
+    pub npages: u8,
+    /// The arena owning a small span (its blocks return there).
+    pub arena: u8,
     /// Free blocks in the bitmap.
     pub nfree: u16,
     pub nblocks: u16,
@@ -77,7 +80,6 @@ pub struct Span {
 pub struct Chunk {
     /// Read on every free: kept first so that it shares lines with nothing else.
     pub info: [PageInfo; PAGES_PER_CHUNK],
-    pub arena: u32,
     /// Free pages outside the header.
     pub free_count: u32,
     /// Links in the arena's chunk list.
@@ -93,8 +95,7 @@ pub struct Chunk {
 
 /// The inaccessible first OS page of every chunk; the header starts after it.
 pub const CHUNK_GUARD: usize = crate::os::OS_PAGE;
-pub const HEADER_PAGES: usize =
-    (CHUNK_GUARD + core::mem::size_of::<Chunk>()).div_ceil(PAGE_SIZE);
+pub const HEADER_PAGES: usize = (CHUNK_GUARD + core::mem::size_of::<Chunk>()).div_ceil(PAGE_SIZE);
 pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 const _: () = assert!(HEADER_PAGES <= 3, "the header grew: usable pages shrink");
 const _: () = assert!(PAGES_PER_CHUNK <= 256, "PageInfo::head is a byte");
@@ -141,13 +142,12 @@ impl Chunk {
     /// # Safety
     /// `base` must be a zero-filled, CHUNK_SIZE-aligned mapping of CHUNK_SIZE bytes that
     /// nothing else uses.
-    pub unsafe fn init(base: *mut u8, arena: u32) -> *mut Chunk {
+    pub unsafe fn init(base: *mut u8) -> *mut Chunk {
         crate::os::protect_none(base, CHUNK_GUARD);
         let c = (base as usize + CHUNK_GUARD) as *mut Chunk;
         // SAFETY: per the contract the memory is ours and zeroed, which is a valid Chunk
         // (all pages KIND_NONE, null links, empty bitmaps); we fill in the rest.
         let ch = unsafe { &mut *c };
-        ch.arena = arena;
         ch.free_count = USABLE_PAGES as u32;
         set_bits(&mut ch.free, HEADER_PAGES, USABLE_PAGES, true);
         c
@@ -183,6 +183,13 @@ impl Chunk {
 
     pub fn span_at(&mut self, idx: usize) -> *mut Span {
         &mut self.spans[idx] as *mut Span
+    }
+
+    /// The arena owning the small block at `p` (which must lie in a live span of this chunk:
+    /// a span's owner never changes while it holds blocks).
+    #[inline]
+    pub fn arena_of(&self, p: usize) -> usize {
+        self.spans[self.info[self.page_index(p)].head as usize].arena as usize
     }
 
     /// Index of a span descriptor in its chunk.
@@ -275,7 +282,7 @@ impl Chunk {
     }
 
     /// Makes pages `idx..idx+npages` a small span of class `c` with every block free.
-    pub fn make_small(&mut self, idx: usize, c: usize) -> *mut Span {
+    pub fn make_small(&mut self, idx: usize, c: usize, arena: usize) -> *mut Span {
         let k = size_class::info(c);
         let kind = kind_of_class(c);
         for i in idx..idx + k.pages as usize {
@@ -286,7 +293,8 @@ impl Chunk {
         s.prev = null_mut();
         s.kind = kind;
         s.listed = false;
-        s.npages = k.pages as u16;
+        s.arena = arena as u8;
+        s.npages = k.pages;
         s.nblocks = k.blocks;
         s.nfree = k.blocks;
         let n = k.blocks as usize;
@@ -309,7 +317,7 @@ impl Chunk {
         }
         let s = &mut self.spans[idx];
         s.kind = KIND_LARGE;
-        s.npages = n as u16;
+        s.npages = n as u8;
         s.listed = false;
         s as *mut Span
     }
@@ -387,7 +395,7 @@ mod tests {
         let p = crate::os::map_aligned(CHUNK_SIZE, CHUNK_SIZE);
         assert!(!p.is_null());
         // SAFETY: fresh zeroed aligned mapping of CHUNK_SIZE.
-        unsafe { Chunk::init(p, 0) }
+        unsafe { Chunk::init(p) }
     }
 
     #[test]
@@ -421,7 +429,7 @@ mod tests {
         let idx = ch
             .alloc_pages(size_class::info(c).pages as usize, 1)
             .unwrap();
-        let s = unsafe { &mut *ch.make_small(idx, c) };
+        let s = unsafe { &mut *ch.make_small(idx, c, 0) };
         assert_eq!(s.count_free_bits(), s.nblocks as usize);
         let mut out = [null_mut(); 100];
         let base = ch.page_addr(idx);

@@ -34,8 +34,9 @@ pub fn add_huge(bytes: isize, count: isize) {
     HUGE_BYTES.fetch_add(bytes, Relaxed);
     HUGE_COUNT.fetch_add(count, Relaxed);
 }
-pub fn add_threads(n: isize) {
-    THREADS.fetch_add(n, Relaxed);
+/// Adds `n` to the threads with a cache; returns the new count.
+pub fn add_threads(n: isize) -> isize {
+    THREADS.fetch_add(n, Relaxed) + n
 }
 pub fn count_refill() {
     CACHE_REFILLS.fetch_add(1, Relaxed);
@@ -86,10 +87,7 @@ pub fn resident_bytes() -> usize {
     let mut buf = [0u8; 128];
     // SAFETY: a NUL-terminated path; open/read/close on our own descriptor and stack buffer.
     let n = unsafe {
-        let fd = libc::open(
-            c"/proc/self/statm".as_ptr(),
-            libc::O_RDONLY,
-        );
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
         if fd < 0 {
             return 0;
         }
@@ -142,14 +140,29 @@ pub fn write_report(w: &mut Writer, wait: bool) {
         .dec(s.huge_count as u64)
         .str(" mappings\n");
     if let Some((hits, misses, evicted, uncached, cached)) = crate::huge::cache_counters(wait) {
-        w.str("huge cache: ").dec(cached as u64).str(" B  hits: ").dec(hits);
-        w.str("  misses: ").dec(misses).str("  evicted: ").dec(evicted);
+        w.str("huge cache: ")
+            .dec(cached as u64)
+            .str(" B  hits: ")
+            .dec(hits);
+        w.str("  misses: ")
+            .dec(misses)
+            .str("  evicted: ")
+            .dec(evicted);
         w.str("  unmapped at free: ").dec(uncached).str("\n");
     }
     if let Some(c) = crate::region::counters(wait) {
-        w.str("huge heap: regions ").dec(c[0]).str("  live granules ").dec(c[1]);
-        w.str("  dirty granules ").dec(c[2]).str("  grown in place ").dec(c[3]);
-        w.str("  purged B: decay ").dec(c[4]).str(" budget ").dec(c[5]);
+        w.str("huge heap: regions ")
+            .dec(c[0])
+            .str("  live granules ")
+            .dec(c[1]);
+        w.str("  dirty granules ")
+            .dec(c[2])
+            .str("  grown in place ")
+            .dec(c[3]);
+        w.str("  purged B: decay ")
+            .dec(c[4])
+            .str(" budget ")
+            .dec(c[5]);
         w.str(" other ").dec(c[6]).str("\n");
     }
     w.str("threads with a cache: ")
@@ -171,7 +184,26 @@ pub fn write_report(w: &mut Writer, wait: bool) {
     let mut taken = [0u64; NCLASSES];
     let mut returned = [0u64; NCLASSES];
     let mut spans = [0u64; NCLASSES];
-    w.str("arena  chunks  active_pages  dirty_pages\n");
+    let heap = if wait {
+        Some(crate::pages::lock())
+    } else {
+        crate::pages::try_lock()
+    };
+    match heap {
+        Some(h) => {
+            w.str("page heap: chunks ")
+                .dec(h.nchunks as u64)
+                .str("  active_pages ")
+                .dec(h.active as u64)
+                .str("  dirty_pages ")
+                .dec(h.dirty as u64)
+                .str("\n");
+        }
+        None => {
+            w.str("page heap: (busy)\n");
+        }
+    }
+    w.str("arena  span_pages\n");
     for a in 0..crate::config::narenas() {
         let g = if wait {
             crate::arena::lock(a)
@@ -189,13 +221,10 @@ pub fn write_report(w: &mut Writer, wait: bool) {
             returned[c] += g.returned[c];
             spans[c] += g.spans[c] as u64;
         }
-        if g.nchunks == 0 {
+        if g.active == 0 {
             continue;
         }
-        w.dec_w(a as u64, 5)
-            .dec_w(g.nchunks as u64, 8)
-            .dec_w(g.active as u64, 14);
-        w.dec_w(g.dirty_pages() as u64, 13).str("\n");
+        w.dec_w(a as u64, 5).dec_w(g.active as u64, 12).str("\n");
     }
     w.str("class   size      requests  live_blocks  spans\n");
     for c in 0..NCLASSES {

@@ -55,7 +55,7 @@ pub struct TCache {
     /// Whether the class was refilled since its last flush (see `max_capacity`).
     refilled: [bool; NCLASSES],
     arena: usize,
-    /// `arena::pressure_events()` when this cache last flushed itself whole.
+    /// `crate::pages::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
     /// Every capacity is at most DRAIN_CAP, or 0 (frees bypass the cache), until this thread
     /// allocates again (see `set_draining`).
@@ -162,7 +162,9 @@ fn grown_bytes(t: &TCache) -> usize {
 fn mapping_len() -> usize {
     // Every stack has a home and a grown place, each with a null slot below its first (only
     // touched pages of the mapping become resident).
-    let slots: usize = (0..NCLASSES).map(|c| capacity(c) + max_capacity(c) + 2).sum();
+    let slots: usize = (0..NCLASSES)
+        .map(|c| capacity(c) + max_capacity(c) + 2)
+        .sum();
     (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
 
@@ -367,7 +369,7 @@ pub fn get_or_create() -> *mut TCache {
     }
     t.arena = pick_arena();
     t.next_free = null_mut();
-    t.pressure_seen = arena::pressure_events();
+    t.pressure_seen = crate::pages::pressure_events();
     t.draining = false;
     t.bypass_left = 0;
     t.overflowed = 0;
@@ -390,15 +392,6 @@ pub fn get_or_create() -> *mut TCache {
 #[inline(always)]
 pub fn is_live(tc: *mut TCache) -> bool {
     tc != unset() && tc != dead()
-}
-
-/// The arena a thread's cache refills from (arena 0 for threads without a cache).
-pub fn arena_of(tc: *mut TCache) -> usize {
-    if is_live(tc) {
-        cache_ref(tc).arena
-    } else {
-        0
-    }
 }
 
 /// Refills class `c` and pops one block; null when memory is exhausted.
@@ -474,19 +467,21 @@ pub fn return_blocks(blocks: &mut [*mut u8]) {
     let mut remaining = blocks.len();
     while remaining > 0 {
         // SAFETY: every block is a validated small block, so its chunk header is mapped.
-        let a = unsafe { (*Chunk::of(blocks[0] as usize)).arena } as usize;
+        let a = unsafe { (*Chunk::of(blocks[0] as usize)).arena_of(blocks[0] as usize) };
         let mut g = arena::lock(a);
         let mut kept = 0;
         for i in 0..remaining {
             let p = blocks[i];
             // SAFETY: as above.
-            if unsafe { (*Chunk::of(p as usize)).arena } as usize == a {
+            if unsafe { (*Chunk::of(p as usize)).arena_of(p as usize) } == a {
                 g.put_small(p as usize, "free");
             } else {
                 blocks[kept] = p;
                 kept += 1;
             }
         }
+        g.report_used();
+        drop(g);
         remaining = kept;
     }
 }
@@ -501,7 +496,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
     // cache line the other thread's neighbouring blocks live on (passive false sharing:
     // an object handed over at thread start, freed, then the thread's own small objects).
     if is_live(tc) && (!fresh || owns(cache_ref(tc), p)) {
-        let events = arena::pressure_events();
+        let events = crate::pages::pressure_events();
         if events != cache_ref(tc).pressure_seen {
             // Some arena's heap just shrank in bulk: the program is freeing, not churning.
             // Drain this cache and stop caching frees until the thread allocates again, so
@@ -553,7 +548,11 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
                 // more than it allocates. Back to the starting capacity, or the blocks left
                 // in a grown stack pin half-empty spans that a bulk free would release.
                 let shrink = !t.refilled[c] && cap > start;
-                let n = if shrink { cap - start / 2 } else { (cap / 2).max(1) };
+                let n = if shrink {
+                    cap - start / 2
+                } else {
+                    (cap / 2).max(1)
+                };
                 flush(tc, c, n);
                 if shrink {
                     set_capacity(cache_ref(tc), c, start);
@@ -592,8 +591,8 @@ fn may_grow(t: &TCache, c: usize, cap: usize, max: usize, p: *mut u8) -> bool {
 fn owns(t: &TCache, p: *mut u8) -> bool {
     // SAFETY: `p` is a validated small block (cached or being freed), so its chunk header is
     // mapped.
-    let a = unsafe { (*Chunk::of(p as usize)).arena };
-    a as usize == t.arena
+    let a = unsafe { (*Chunk::of(p as usize)).arena_of(p as usize) };
+    a == t.arena
 }
 
 /// Turns draining on with capacity `Some(cap)` per class (an emptied cache), or off with
@@ -616,7 +615,11 @@ fn set_draining(tc: *mut TCache, cap: Option<usize>) {
 /// shrink only an emptied cache).
 fn set_capacity(t: &mut TCache, c: usize, cap: usize) {
     debug_assert!(cap <= max_capacity(c) && count(t, c) <= cap);
-    let to = if cap > capacity(c) { t.grown[c] } else { t.home[c] };
+    let to = if cap > capacity(c) {
+        t.grown[c]
+    } else {
+        t.home[c]
+    };
     if to != t.base[c] {
         let n = count(t, c);
         // SAFETY: both places lie in this cache's mapping, hold at least `n` slots (n <= cap
@@ -692,12 +695,14 @@ pub fn retire(tc: *mut TCache) {
         return;
     }
     flush_all(tc);
-    // A thread's exit is the moment its memory is least likely to be reused soon: purge its
-    // arena now rather than leave it to later activity.
     let a = cache_ref(tc).arena;
-    arena::lock(a).purge(true);
     ARENA_LOAD[a].fetch_sub(1, Relaxed);
-    stats::add_threads(-1);
+    if stats::add_threads(-1) <= 1 {
+        // The last thread but one left: the program is going back to one thread, maybe
+        // to stay idle, and its working set may have left with the others. Give the free
+        // pages back now rather than at an epoch end that needs activity to come.
+        crate::pages::lock().purge(true);
+    }
     let mut r = CACHES.lock();
     let t = cache_ref(tc);
     for c in 0..NCLASSES {
@@ -756,7 +761,7 @@ pub fn check_current() {
                 crate::report::fatal("check", "cache holds a foreign block", p as usize);
             }
             // SAFETY: p is a small block, so its chunk header is mapped.
-            let a = unsafe { (*Chunk::of(p as usize)).arena } as usize;
+            let a = unsafe { (*Chunk::of(p as usize)).arena_of(p as usize) };
             if arena::lock(a).small_is_free(p as usize) {
                 crate::report::fatal("check", "cached block also free in its span", p as usize);
             }
