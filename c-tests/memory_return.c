@@ -4,7 +4,11 @@
  *          and exit; the main thread frees them.
  * Phase 3: 64 large blocks of 1..6 MiB, freed.
  * After each phase (and a 1 s pause) resident memory (/proc/self/statm) must be back
- * within 20% of the start + 16 MiB. */
+ * within 20% of the start + 16 MiB.
+ * Phase 4: two threads allocate ~100 MiB of small blocks each, in turns (so that their
+ *          spans interleave in the same chunks); one frees all of its blocks while the
+ *          other keeps its own, and both stay alive and idle: after 1 s, resident memory
+ *          must be at most the start + 60% of the peak (the freed half went back). */
 #include "common.h"
 
 #include <pthread.h>
@@ -85,6 +89,69 @@ static void *thread_alloc(void *arg)
     return NULL;
 }
 
+#define HALF_N 800000
+#define HALF_STEP 4000
+static void *half_a[HALF_N], *half_b[HALF_N];
+static pthread_barrier_t turn, done;
+
+static void fill(void **v, int from)
+{
+    for (int j = from; j < from + HALF_STEP; j++) {
+        v[j] = malloc(128);
+        if (v[j]) memset(v[j], 1, 128);
+        else FAILF("malloc(128) failed");
+    }
+}
+
+static void *half_keeper(void *x)
+{
+    (void)x;
+    for (int i = 0; i < HALF_N; i += HALF_STEP) {
+        fill(half_a, i);
+        pthread_barrier_wait(&turn);
+        pthread_barrier_wait(&turn);
+    }
+    pthread_barrier_wait(&done); /* B freed its half */
+    pthread_barrier_wait(&done); /* main measured */
+    for (int i = 0; i < HALF_N; i++) free(half_a[i]);
+    return NULL;
+}
+
+static void *half_freer(void *x)
+{
+    (void)x;
+    for (int i = 0; i < HALF_N; i += HALF_STEP) {
+        pthread_barrier_wait(&turn);
+        fill(half_b, i);
+        pthread_barrier_wait(&turn);
+    }
+    *(long *)x = rs_rss_bytes();
+    for (int i = 0; i < HALF_N; i++) free(half_b[i]);
+    pthread_barrier_wait(&done);
+    pthread_barrier_wait(&done);
+    return NULL;
+}
+
+static void half_freed(void)
+{
+    long peak = 0;
+    pthread_barrier_init(&turn, NULL, 2);
+    pthread_barrier_init(&done, NULL, 3);
+    pthread_t a, b;
+    pthread_create(&a, NULL, half_keeper, NULL);
+    pthread_create(&b, NULL, half_freer, &peak);
+    pthread_barrier_wait(&done);
+    sleep(1);
+    long rss = rs_rss_bytes(), limit = rss0 + peak * 6 / 10;
+    printf("memory_return: %-28s start %.1f MiB, peak %.1f MiB, after free %.1f MiB (limit %.1f MiB)\n",
+           "one of two threads freed", rss0 / (double)MiB, peak / (double)MiB, rss / (double)MiB, limit / (double)MiB);
+    CHECK(rss <= limit, "one thread freed its %d blocks while another kept as many: resident %.1f MiB after 1 s idle (peak %.1f MiB, limit %.1f MiB): the freed half was not returned",
+          HALF_N, rss / (double)MiB, peak / (double)MiB, limit / (double)MiB);
+    pthread_barrier_wait(&done);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+}
+
 int main(void)
 {
     rs_check_loaded("memory_return");
@@ -117,5 +184,6 @@ int main(void)
     peak = rs_rss_bytes();
     for (int i = 0; i < 64; i++) free(big[i]);
     check_returned("large blocks, 64x1..6 MiB", peak);
+    half_freed();
     return rs_summary("memory_return");
 }

@@ -15,8 +15,9 @@ use crate::span::{Chunk, Span};
 pub struct ArenaState {
     /// Per class, a doubly linked list of spans with at least one free block.
     partial: [*mut Span; NCLASSES],
-    /// Pages holding this arena's spans.
+    /// Pages holding this arena's spans, and their most since the last bulk shrink.
     pub active: usize,
+    peak_active: usize,
     /// Bytes of small blocks out of this arena (handed to caches or programs); unlike
     /// `active`, a span pinned by one cached block counts for that block only.
     used: usize,
@@ -39,6 +40,7 @@ pub struct Arena(Mutex<ArenaState>);
 const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     partial: [null_mut(); NCLASSES],
     active: 0,
+    peak_active: 0,
     used: 0,
     used_reported: 0,
     taken: [0; NCLASSES],
@@ -56,7 +58,8 @@ pub fn try_lock(a: usize) -> Option<Guard<'static, ArenaState>> {
 }
 
 fn chunk_ref<'a>(c: *mut Chunk) -> &'a mut Chunk {
-    // SAFETY: callers pass chunks of the arena whose lock they hold (or fresh ones).
+    // SAFETY: callers pass the chunk of a span this arena owns (its lock is held), or of a
+    // span whose pages they just took from the page heap.
     unsafe { &mut *c }
 }
 
@@ -109,6 +112,7 @@ impl ArenaState {
                     break;
                 };
                 self.active += k.pages as usize;
+                self.peak_active = self.peak_active.max(self.active);
                 self.spans[c] += 1;
                 s = chunk_ref(ch).make_small(idx, c, arena);
                 self.list_push(c, s);
@@ -159,7 +163,11 @@ impl ArenaState {
             let n = sp.npages as usize;
             self.active -= n;
             self.report_used();
-            pages::lock().free_pages(c, head, n);
+            let bulk = pages::is_bulk_shrink(self.peak_active, self.active, self.used);
+            if bulk {
+                self.peak_active = self.active;
+            }
+            pages::lock().free_pages(c, head, n, bulk);
         } else if !sp.listed {
             self.list_push(class, s);
         }
@@ -265,10 +273,15 @@ pub fn check_all() {
         }
         used[a] += (sp.nblocks - sp.nfree) as usize * k.size as usize;
     });
+    let mut reported = 0;
     for (a, g) in guards.iter().enumerate() {
         if let Some(g) = g {
             g.check(a, &listed[a], used[a]);
+            reported += g.used_reported;
         }
+    }
+    if reported != pages::small_used() {
+        fatal("check", "small bytes in use misreported to the page heap", reported);
     }
 }
 

@@ -83,7 +83,7 @@ extern "C" fn thread_exit(tc: *mut libc::c_void) {
     tcache::retire(tc as *mut tcache::TCache);
 }
 
-// Lock order: thread-cache pool, huge cache, huge heap, arenas, chunk pool, page-map growth.
+// Lock order: thread-cache pool, huge cache, huge heap, arenas, page heap, page-map growth.
 // (Paths holding an arena lock only ever try_lock the huge heap.)
 extern "C" fn fork_prepare() {
     tcache::fork_prepare();

@@ -36,6 +36,9 @@ pub struct PageHeap {
     pub active: usize,
     /// Bytes of live large objects.
     large_used: usize,
+    /// Set by a bulk purge, cleared when pages are taken again: while the program shrinks,
+    /// freed pages are purged in small batches instead of waiting for the floor or an epoch.
+    shrinking: bool,
     /// Empty, purged chunks kept for reuse (still registered in the page map).
     pool: *mut Chunk,
     pool_count: usize,
@@ -52,6 +55,7 @@ static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap {
     dirty: 0,
     active: 0,
     large_used: 0,
+    shrinking: false,
     pool: null_mut(),
     pool_count: 0,
 });
@@ -76,6 +80,23 @@ static PRESSURE: AtomicUsize = AtomicUsize::new(0);
 /// an epoch's end is caught like one within an epoch.
 const DIRTY_MIN_PAGES: usize = (2 << 20) / PAGE_SIZE;
 const DIRTY_RATIO: usize = 3;
+/// After a bulk purge, until pages are taken again, dirty pages are purged once this many
+/// have gathered (256 KiB): the end of a bulk free does not stay resident below the floor.
+const SHRINK_BATCH_PAGES: usize = (256 << 10) / PAGE_SIZE;
+
+/// Whether an arena whose span pages fell from `peak` to `active` pages while it still hands
+/// out `used` bytes shrank in bulk: the same test as the heap's own, on one arena's share.
+/// Pages are shared, so a thread that frees everything while others keep as much live would
+/// not move the heap-wide ratio; it moves its arena's.
+pub fn is_bulk_shrink(peak: usize, active: usize, used: usize) -> bool {
+    let shrunk = peak - active;
+    shrunk > DIRTY_MIN_PAGES && shrunk * PAGE_SIZE > DIRTY_RATIO * used
+}
+
+/// Bytes of small blocks out of the arenas as last reported (for the invariant check).
+pub fn small_used() -> usize {
+    SMALL_USED.load(Relaxed)
+}
 
 pub fn lock() -> Guard<'static, PageHeap> {
     HEAP.lock()
@@ -148,6 +169,7 @@ impl PageHeap {
             if let Some(idx) = ch.alloc_pages(n, align) {
                 self.dirty -= dirty - ch.dirty_count();
                 self.count_active(n as isize);
+                self.shrinking = false;
                 return Some((c, idx));
             }
             c = ch.next;
@@ -157,6 +179,7 @@ impl PageHeap {
         self.link_chunk(c);
         let idx = chunk_ref(c).alloc_pages(n, align)?;
         self.count_active(n as isize);
+        self.shrinking = false;
         Some((c, idx))
     }
 
@@ -167,16 +190,23 @@ impl PageHeap {
         ch.take_pages(idx, n);
         self.dirty -= dirty - ch.dirty_count();
         self.count_active(n as isize);
+        self.shrinking = false;
     }
 
-    /// Returns pages `idx..idx + n` of chunk `c`; they become dirty.
-    pub fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
+    /// Returns pages `idx..idx + n` of chunk `c`; they become dirty. `bulk`: the arena
+    /// returning them shrank the way `is_bulk_shrink` describes.
+    pub fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize, bulk: bool) {
         self.dirty += chunk_ref(c).free_pages(idx, n);
         self.count_active(-(n as isize));
         let used = SMALL_USED.load(Relaxed) + self.large_used;
-        if self.dirty > DIRTY_MIN_PAGES && self.dirty * PAGE_SIZE > DIRTY_RATIO * used {
+        if bulk || self.dirty > DIRTY_MIN_PAGES && self.dirty * PAGE_SIZE > DIRTY_RATIO * used {
             // The resident footprint is mostly free pages: a bulk free, not churn. Give them
             // back now; the program may stay idle from here on.
+            PRESSURE.fetch_add(1, Relaxed);
+            self.purge(true);
+            self.shrinking = true;
+        } else if self.shrinking && self.dirty >= SHRINK_BATCH_PAGES {
+            // Still shrinking: purge again, and have caches flush again as for the first.
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
         } else if chunk_ref(c).is_empty() && self.has_other_empty_chunk(c) {
@@ -210,14 +240,14 @@ impl PageHeap {
 
     /// Starts a new purge epoch when the current one is over.
     fn tick(&mut self) {
-        if self.dirty == 0 {
-            return;
-        }
         let now = os::now_ns();
-        let start = EPOCH_START.load(Relaxed);
-        if now.wrapping_sub(start) >= PURGE_EPOCH_NS.load(Relaxed) {
+        if now.wrapping_sub(EPOCH_START.load(Relaxed)) >= PURGE_EPOCH_NS.load(Relaxed) {
+            // A new epoch starts even with nothing dirty, so that `pages::tick` does not
+            // take the lock on every call until something is.
             EPOCH_START.store(now, Relaxed);
-            self.purge(false);
+            if self.dirty != 0 {
+                self.purge(false);
+            }
         }
     }
 
@@ -316,7 +346,7 @@ impl PageHeap {
         }
         let n = ch.spans[idx].npages as usize;
         self.large_used -= n * PAGE_SIZE;
-        self.free_pages(c, idx, n);
+        self.free_pages(c, idx, n, false);
     }
 
     /// Walks every chunk and checks its page bitmaps and counts. `span` is called on every
@@ -413,7 +443,7 @@ pub fn resize_large(c: *mut Chunk, idx: usize, npages: usize) -> bool {
     let old = ch.spans[idx].npages as usize;
     if npages < old {
         h.large_used -= (old - npages) * PAGE_SIZE;
-        h.free_pages(c, idx + npages, old - npages);
+        h.free_pages(c, idx + npages, old - npages, false);
         chunk_ref(c).spans[idx].npages = npages as u8;
     } else if npages > old {
         if !ch.pages_free(idx + old, npages - old) {

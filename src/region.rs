@@ -6,7 +6,8 @@
 //! pages that are already faulted in instead of fresh zero pages one fault at a time. Dirty
 //! granules are purged (`madvise(DONTNEED)`, address space kept) after one to two purge
 //! epochs, and at once beyond a budget proportional to what the program has live (`budget`),
-//! so a program that frees everything keeps at most two granules resident.
+//! so a program that frees everything keeps at most its floor resident (raised while it
+//! cycles through more memory than the budget keeps, halved every quiet epoch down to zero).
 //!
 //! Invariant: a free granule that is not dirty reads zero. Pages of a live object's last
 //! granule past the object's end are zero unless the granule is marked as slack (it was
@@ -31,7 +32,7 @@ const BUDGET_FACTOR: usize = 8;
 const MAX_BUDGET: usize = 32;
 /// The budget's floor in granules: at least this, at most MAX_FLOOR (64 MiB, like glibc's
 /// largest trim threshold).
-const MIN_FLOOR: usize = 2;
+const MIN_FLOOR: usize = 0;
 const MAX_FLOOR: usize = 16;
 /// Objects longer than this get a mapping of their own (see `huge`): a region must not be
 /// fragmented by a few very large objects.
@@ -69,7 +70,7 @@ pub struct Heap {
     live_granules: usize,
     /// Dirty free granules plus granules with slack: what may be resident but unused.
     dirty_granules: usize,
-    /// The smallest budget (see `budget`): two granules, raised when the budget made the
+    /// The smallest budget (see `budget`): none at first, raised when the budget made the
     /// program fault back in what was just purged, halved after two epochs without purges;
     /// it never keeps more than the object freed last.
     floor: usize,
@@ -403,8 +404,7 @@ impl Heap {
 
     /// Purges dirty granules and slack while they exceed the budget (see `budget`). A
     /// program whose big buffers come and go keeps reusing resident pages, decay gives them
-    /// back within two epochs, and a program that freed everything keeps at most two
-    /// granules. Old before recent, free granules before slack, each from the highest
+    /// back within two epochs, and a program that freed everything keeps at most its floor. Old before recent, free granules before slack, each from the highest
     /// address down (first fit reuses the low ones).
     fn enforce_budget(&mut self) {
         let floor = self.floor.min(self.last_freed).max(MIN_FLOOR);
@@ -593,8 +593,8 @@ mod tests {
     fn dirty_granules_stay_within_the_live_budget() {
         assert_eq!(
             budget(0, 0, MIN_FLOOR),
-            2,
-            "a program that freed everything keeps two granules"
+            0,
+            "a program that freed everything keeps nothing"
         );
         assert_eq!(budget(1, GRANULE, MIN_FLOOR), 24);
         let mut h = heap_with_region();

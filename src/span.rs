@@ -285,9 +285,6 @@ impl Chunk {
     pub fn make_small(&mut self, idx: usize, c: usize, arena: usize) -> *mut Span {
         let k = size_class::info(c);
         let kind = kind_of_class(c);
-        for i in idx..idx + k.pages as usize {
-            self.info[i] = PageInfo::new(kind, idx);
-        }
         let s = &mut self.spans[idx];
         s.next = null_mut();
         s.prev = null_mut();
@@ -307,7 +304,14 @@ impl Chunk {
                 0
             };
         }
-        s as *mut Span
+        // The descriptor (its owner above all) before the page infos that lead to it: a
+        // reader that finds the new span head through a page info finds its new owner too
+        // (see `arena::small_is_free`).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        for i in idx..idx + k.pages as usize {
+            self.info[i] = PageInfo::new(kind, idx);
+        }
+        &mut self.spans[idx] as *mut Span
     }
 
     /// Makes pages `idx..idx+n` one large object.

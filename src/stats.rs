@@ -34,6 +34,10 @@ pub fn add_huge(bytes: isize, count: isize) {
     HUGE_BYTES.fetch_add(bytes, Relaxed);
     HUGE_COUNT.fetch_add(count, Relaxed);
 }
+/// In a forked child: only the forking thread is left.
+pub fn set_threads(n: isize) {
+    THREADS.store(n, Relaxed);
+}
 /// Adds `n` to the threads with a cache; returns the new count.
 pub fn add_threads(n: isize) -> isize {
     THREADS.fetch_add(n, Relaxed) + n

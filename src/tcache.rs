@@ -695,6 +695,11 @@ pub fn retire(tc: *mut TCache) {
         return;
     }
     flush_all(tc);
+    // The stacks are empty now: their pages go back to the kernel (they read zero again,
+    // like a fresh mapping's; before the cache is on the retired list, where another thread
+    // may take it); the header stays for the next thread.
+    let head = (core::mem::size_of::<TCache>() + OS_PAGE - 1) & !(OS_PAGE - 1);
+    os::purge((tc as usize + head) as *mut u8, mapping_len() - head);
     let a = cache_ref(tc).arena;
     ARENA_LOAD[a].fetch_sub(1, Relaxed);
     if stats::add_threads(-1) <= 1 {
@@ -780,4 +785,5 @@ pub fn fork_parent() {
 }
 pub fn fork_child() {
     CACHES.reset_in_child();
+    stats::set_threads(is_live(current()) as isize);
 }
