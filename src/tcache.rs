@@ -54,6 +54,9 @@ pub struct TCache {
     cap: [u32; NCLASSES],
     /// Whether the class was refilled since its last flush (see `max_capacity`).
     refilled: [bool; NCLASSES],
+    /// Blocks the class's next refill takes at most: FIRST_REFILL at first, doubling with
+    /// each refill (see `refill_and_pop`).
+    batch: [u16; NCLASSES],
     arena: usize,
     /// `crate::pages::pressure_events()` when this cache last flushed itself whole.
     pressure_seen: usize,
@@ -92,6 +95,7 @@ const fn empty_cache() -> TCache {
         grown: [top; NCLASSES],
         cap: [0; NCLASSES],
         refilled: [false; NCLASSES],
+        batch: [0; NCLASSES],
         arena: 0,
         pressure_seen: 0,
         draining: false,
@@ -149,6 +153,13 @@ const GROWN_MAX: usize = 1024;
 /// beyond the starting stacks; with less, stacks at their limit overflow, shrink and grow
 /// again on every batch.
 const GROWN_BYTES_FACTOR: usize = 96;
+
+/// Blocks a class's first refill takes. Each refill writes the free mark into every block
+/// it takes, so a full batch faults in up to 8 KiB per class (half a stack of 16 KiB): a
+/// thread using a few blocks of many classes would fault in 100 KiB or more it never uses.
+/// Later refills double (4, 8, 16, ...) up to half the stack, so a class in steady use costs
+/// a handful more refills, once.
+const FIRST_REFILL: u16 = 4;
 
 /// Bytes of blocks a cache's stacks may hold beyond their starting capacities.
 fn grown_bytes(t: &TCache) -> usize {
@@ -353,6 +364,7 @@ pub fn get_or_create() -> *mut TCache {
             t.home[c] = base;
             t.cap[c] = cap as u32;
             t.refilled[c] = false;
+            t.batch[c] = FIRST_REFILL;
             t.bins[c] = Bin {
                 top: base,
                 end: base.add(cap),
@@ -412,7 +424,8 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
         // refilled meanwhile (a nested call during this thread's set-up)
         return pop(tc, c);
     }
-    let want = (capacity(c).min(cap) / 2).max(1);
+    let want = (capacity(c).min(cap) / 2).clamp(1, t.batch[c] as usize);
+    t.batch[c] = t.batch[c].saturating_mul(2);
     // SAFETY: the stack has `cap` slots and is empty here.
     let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
     let got = arena::take_small_anywhere(a, c, out);
