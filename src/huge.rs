@@ -317,7 +317,7 @@ fn alloc_in_region(map_len: usize) -> Option<(*mut u8, bool)> {
         write_header(base, map_len, OS_PAGE, region::GRANULE, 1),
     );
     if !pagemap::register(base, map_len, base | pagemap::KIND_HUGE) {
-        heap.free(base, map_len);
+        heap.free(base, map_len, true);
         return None;
     }
     drop(heap);
@@ -327,7 +327,7 @@ fn alloc_in_region(map_len: usize) -> Option<(*mut u8, bool)> {
 
 /// Frees a huge-heap object: its granules stay resident for reuse until the heap purges
 /// them. Checked under the heap lock, so that of two racing frees the second fails.
-fn free_in_region(base: usize, p: usize, func: &str) {
+fn free_in_region(base: usize, p: usize, func: &str, moved: bool) {
     let mut heap = region::lock();
     let h = header(base, p, func);
     if base + h.user_off != p {
@@ -338,7 +338,7 @@ fn free_in_region(base: usize, p: usize, func: &str) {
     // Out of the page map before the granules can be taken again: a second free of `p` now
     // finds no owner.
     pagemap::unregister(base, len);
-    heap.free(base, len);
+    heap.free(base, len, moved);
     drop(heap);
     stats::add_huge(-(len as isize), -1);
 }
@@ -375,7 +375,7 @@ fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *
         // SAFETY: q is a new object of new_len - OS_PAGE > old_len - OS_PAGE bytes, distinct
         // from the live object at p.
         unsafe { core::ptr::copy_nonoverlapping(p as *const u8, q, old_len - OS_PAGE) };
-        free_in_region(base, p, "realloc");
+        free_in_region(base, p, "realloc", true);
     }
     q
 }
@@ -412,7 +412,7 @@ pub fn free(base: usize, p: usize, func: &str) {
     // Which lock checks the header depends on where the object lives; a forged or stale
     // field is caught by that check (the canary covers it).
     if header_of(base).in_region == 1 {
-        return free_in_region(base, p, func);
+        return free_in_region(base, p, func, false);
     }
     let now = os::now_ns();
     // Checked and sealed under the cache lock: of two racing frees of one object, the second

@@ -418,6 +418,7 @@ fn unmap_chunk(c: *mut Chunk) {
 
 /// A large object of `npages` pages aligned to `align` pages.
 pub fn alloc_large(npages: usize, align: usize) -> Option<*mut u8> {
+    crate::region::note_big_alloc();
     let mut h = lock();
     let (c, idx) = h.alloc_pages(npages, align)?;
     let ch = chunk_ref(c);

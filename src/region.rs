@@ -28,8 +28,19 @@ const MAX_REGIONS: usize = 256;
 /// Dirty granules kept per live granule of arena pages; twice as many per live granule of
 /// huge objects (see `budget`).
 const BUDGET_FACTOR: usize = 8;
-/// The budget never exceeds this many granules (128 MiB), however much is live.
+/// The budget never exceeds this many granules (128 MiB), however much is live or was.
 const MAX_BUDGET: usize = 32;
+/// Set by every allocation of a large object (page runs, outside this heap): a program that
+/// replaces big buffers one by one may take the next one there (see `frees_in_row`).
+static BIG_ALLOC_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// A large object was allocated (see BIG_ALLOC_SEEN).
+#[inline]
+pub fn note_big_alloc() {
+    if !BIG_ALLOC_SEEN.load(Relaxed) {
+        BIG_ALLOC_SEEN.store(true, Relaxed);
+    }
+}
 /// The budget's floor in granules: at least this, at most MAX_FLOOR (64 MiB, like glibc's
 /// largest trim threshold).
 const MIN_FLOOR: usize = 0;
@@ -77,6 +88,12 @@ pub struct Heap {
     /// Granules of the object freed last: the floor keeps at most that much (a cycle of
     /// allocating and freeing one object reuses it; a bulk free keeps no more than one).
     last_freed: usize,
+    /// Most live granules in this epoch / the previous one, and objects freed since the last
+    /// allocation or growth (not counting the old place of an object realloc moved): see
+    /// `enforce_budget`.
+    peak_live: usize,
+    peak_live_before: usize,
+    frees_in_row: u32,
     /// Whether the kernel ever refused a purge: then no granule is known to read zero.
     purge_fails: bool,
     /// Whether the budget purged anything in this epoch / the previous one.
@@ -100,6 +117,9 @@ impl Heap {
             dirty_granules: 0,
             floor: MIN_FLOOR,
             last_freed: 0,
+            peak_live: 0,
+            peak_live_before: 0,
+            frees_in_row: 0,
             purge_fails: false,
             budget_purged: false,
             budget_purged_before: false,
@@ -203,6 +223,8 @@ impl Heap {
         reg.dirty_old &= !m;
         self.dirty_granules -= dirty.count_ones() as usize;
         self.live_granules += m.count_ones() as usize;
+        self.peak_live = self.peak_live.max(self.live_granules);
+        self.frees_in_row = 0;
         dirty
     }
 
@@ -288,8 +310,8 @@ impl Heap {
     }
 
     /// Gives back the granules of the object at `base` of `len` bytes; they stay resident
-    /// until purged.
-    pub fn free(&mut self, base: usize, len: usize) {
+    /// until purged. `moved`: the object lives on elsewhere (realloc moved it).
+    pub fn free(&mut self, base: usize, len: usize, moved: bool) {
         let (r, g) = self.find(base);
         let n = granules(len);
         let m = mask(g, n);
@@ -303,6 +325,12 @@ impl Heap {
         self.live_granules -= n;
         self.dirty_granules += n;
         self.last_freed = n;
+        if BIG_ALLOC_SEEN.swap(false, Relaxed) {
+            self.frees_in_row = 0;
+        }
+        if !moved {
+            self.frees_in_row = self.frees_in_row.saturating_add(1);
+        }
         self.tick();
         self.enforce_budget();
         self.publish();
@@ -387,6 +415,8 @@ impl Heap {
         }
         self.budget_purged_before = self.budget_purged;
         self.budget_purged = false;
+        self.peak_live_before = self.peak_live;
+        self.peak_live = self.live_granules;
         self.purge(false, Why::Decay);
         for reg in &mut self.regions[..self.n] {
             reg.dirty_old = reg.dirty_new;
@@ -408,7 +438,19 @@ impl Heap {
     /// address down (first fit reuses the low ones).
     fn enforce_budget(&mut self) {
         let floor = self.floor.min(self.last_freed).max(MIN_FLOOR);
-        let budget = budget(self.live_granules, stats::arena_active_bytes(), floor);
+        // A program replacing its big buffers one by one (each free follows an allocation)
+        // is about to need again what it just freed, however little stays live meanwhile:
+        // keep what brings it back to its peak of the last one to two epochs, so that the
+        // next buffer reuses resident pages while its resident size stays within that peak.
+        // Two frees in a row (a bulk free, the end of a phase) fall back to the live budget,
+        // so that memory still goes back when the program goes idle.
+        let keep = if self.frees_in_row <= 1 {
+            let peak = self.peak_live.max(self.peak_live_before);
+            peak.saturating_sub(self.live_granules).min(MAX_BUDGET)
+        } else {
+            0
+        };
+        let budget = budget(self.live_granules, stats::arena_active_bytes(), floor).max(keep);
         if self.dirty_granules > budget {
             self.budget_purged = true;
         }
@@ -569,7 +611,7 @@ mod tests {
         assert!(za && zb, "fresh granules read zero");
         // SAFETY: a is the start of two live granules of the reserved region.
         unsafe { *(a as *mut u8) = 7 };
-        h.free(a, GRANULE + 4096);
+        h.free(a, GRANULE + 4096, false);
         assert_eq!(h.dirty_granules, 2);
         // Three granules fit only after b: the freed pair is too short.
         let (c, _) = h.alloc(3 * GRANULE).unwrap();
@@ -604,7 +646,7 @@ mod tests {
             *o = (h.alloc(len).unwrap().0, len);
         }
         for &(b, len) in &objs {
-            h.free(b, len);
+            h.free(b, len, false);
             let floor = h.floor.min(h.last_freed).max(MIN_FLOOR);
             let allowed = budget(h.live_granules, stats::arena_active_bytes(), floor);
             assert!(
@@ -628,7 +670,7 @@ mod tests {
         let (b, _) = h.alloc(GRANULE).unwrap();
         // SAFETY: the last page of a is live.
         unsafe { *((a + GRANULE - 4096) as *mut u8) = 9 };
-        h.free(a, GRANULE);
+        h.free(a, GRANULE, false);
         assert_eq!(h.dirty_granules, 1);
         // A shorter object takes the dirty granule: the rest of it is slack, still dirty.
         let (c, zero) = h.alloc(8192).unwrap();
@@ -642,7 +684,7 @@ mod tests {
         assert_eq!((h.dirty_granules, h.regions[0].slack[0]), (0, 0));
         // SAFETY: the page is in the region; the purge made it read zero.
         assert_eq!(unsafe { *((a + GRANULE - 4096) as *const u8) }, 0);
-        h.free(b, GRANULE);
+        h.free(b, GRANULE, false);
         assert!(h.grow_in_place(c, 16384, GRANULE + 4096));
         // b's dirty granule is now c's last one: slack past c's end.
         assert_eq!((h.dirty_granules, h.regions[0].slack[1]), (1, 4096));
