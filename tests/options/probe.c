@@ -1,6 +1,6 @@
 /* Probe for scripts/options-test.sh: runs a small workload and prints rsmalloc's counters.
  *   probe counters      4 threads of malloc/free churn, then "refills=N flushes=N threads=N"
- *   probe trim          huge blocks freed, then RSS before/after malloc_trim and its result
+ *   probe trim          a huge block freed, then RSS before/after malloc_trim and its result
  *   probe info          malloc_info(0, stdout) */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -41,10 +41,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(mode, "trim")) {
-        enum { N = 6, SZ = 2 << 20 };
-        void *p[N];
-        for (int i = 0; i < N; i++) { p[i] = malloc(SZ); memset(p[i], 1, SZ); }
-        for (int i = 0; i < N; i++) free(p[i]);
+        /* One buffer freed after it was allocated: the huge heap keeps its pages for the
+         * next one (several freed in a row would go back at once, leaving nothing to trim).
+         * The volatile store keeps the compiler from removing the malloc/free pair. */
+        enum { SZ = 12 << 20 };
+        static void *volatile sink;
+        sink = malloc(SZ);
+        memset(sink, 1, SZ);
+        free(sink);
         long before = rss_kib();
         int r = malloc_trim(0);
         long after = rss_kib();
