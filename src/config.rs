@@ -26,7 +26,7 @@ pub static NARENAS: AtomicU32 = AtomicU32::new(1);
 /// Dirty pages are purged after between one and two of these periods.
 pub static PURGE_EPOCH_NS: AtomicU64 = AtomicU64::new(250_000_000);
 /// Per-class byte budget of a thread cache (0 disables thread caches).
-pub static TCACHE_BYTES: AtomicU32 = AtomicU32::new(16 * 1024);
+pub static TCACHE_BYTES: AtomicU32 = AtomicU32::new(8 * 1024);
 /// Print the statistics report at exit.
 pub static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
 

@@ -130,7 +130,7 @@ fn capacity(c: usize) -> usize {
     }
 }
 
-/// Most blocks a grown stack may hold: 32 × the byte budget in blocks, at most GROWN_MAX (and
+/// Most blocks a grown stack may hold: 64 × the byte budget in blocks, at most GROWN_MAX (and
 /// all grown stacks together at most GROWN_BYTES_FACTOR × the budget beyond their start).
 /// A class's stack grows (doubling) when it overflows, on a block of the thread's own arena,
 /// after a refill since its last flush:
@@ -143,20 +143,21 @@ fn capacity(c: usize) -> usize {
 /// allocates) and when the cache drains.
 fn max_capacity(c: usize) -> usize {
     let budget = TCACHE_BYTES.load(Relaxed) as usize;
-    capacity(c).max((32 * budget / CLASSES[c].size as usize).min(GROWN_MAX))
+    capacity(c).max((GROWN_STACK_FACTOR * budget / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
+const GROWN_STACK_FACTOR: usize = 64;
 /// Bytes all of a thread's grown stacks may hold beyond their starting capacities together:
 /// this many times the byte budget (1.5 MiB by default), so that a thread that goes idle
 /// after bursts in many classes keeps at most that much more than before growth existed.
 /// Batches of a few thousand blocks over all classes (reverse-free) need about that much
 /// beyond the starting stacks; with less, stacks at their limit overflow, shrink and grow
 /// again on every batch.
-const GROWN_BYTES_FACTOR: usize = 96;
+const GROWN_BYTES_FACTOR: usize = 192;
 
 /// Blocks a class's first refill takes. Each refill writes the free mark into every block
-/// it takes, so a full batch faults in up to 8 KiB per class (half a stack of 16 KiB): a
-/// thread using a few blocks of many classes would fault in 100 KiB or more it never uses.
+/// it takes, so a full batch faults in up to 4 KiB per class (half a stack of 8 KiB): a
+/// thread using a few blocks of many classes would fault in tens of KiB it never uses.
 /// Later refills double (4, 8, 16, ...) up to half the stack, so a class in steady use costs
 /// a handful more refills, once.
 const FIRST_REFILL: u16 = 4;
