@@ -18,6 +18,12 @@ pub struct ArenaState {
     /// Pages holding this arena's spans, and their most since the last bulk shrink.
     pub active: usize,
     peak_active: usize,
+    /// When this arena last shrank in bulk, and whether it took new spans since: an arena
+    /// that grows back after its bulk shrinks (a worker freeing its request's memory at
+    /// every request) triggers at most once per purge epoch, one that only shrinks (a
+    /// thread freeing everything) as often as it qualifies.
+    last_bulk_ns: u64,
+    grew_since_bulk: bool,
     /// Bytes of small blocks out of this arena (handed to caches or programs); unlike
     /// `active`, a span pinned by one cached block counts for that block only.
     used: usize,
@@ -41,6 +47,8 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
     partial: [null_mut(); NCLASSES],
     active: 0,
     peak_active: 0,
+    last_bulk_ns: 0,
+    grew_since_bulk: false,
     used: 0,
     used_reported: 0,
     taken: [0; NCLASSES],
@@ -95,6 +103,18 @@ impl ArenaState {
         sp.listed = false;
     }
 
+    /// Whether a bulk shrink may trigger now (see `last_bulk_ns`); if so, records it.
+    fn bulk_allowed(&mut self) -> bool {
+        let now = crate::os::now_ns();
+        let epoch = crate::config::PURGE_EPOCH_NS.load(core::sync::atomic::Ordering::Relaxed);
+        if self.grew_since_bulk && now.wrapping_sub(self.last_bulk_ns) < epoch {
+            return false;
+        }
+        self.last_bulk_ns = now;
+        self.grew_since_bulk = false;
+        true
+    }
+
     /// Reports the change of `used` since the last report to the page heap.
     pub fn report_used(&mut self) {
         pages::add_small_used(self.used as isize - self.used_reported as isize);
@@ -113,6 +133,7 @@ impl ArenaState {
                 };
                 self.active += k.pages as usize;
                 self.peak_active = self.peak_active.max(self.active);
+                self.grew_since_bulk = true;
                 self.spans[c] += 1;
                 s = chunk_ref(ch).make_small(idx, c, arena);
                 self.list_push(c, s);
@@ -163,7 +184,8 @@ impl ArenaState {
             let n = sp.npages as usize;
             self.active -= n;
             self.report_used();
-            let bulk = pages::is_bulk_shrink(self.peak_active, self.active, self.used);
+            let bulk = pages::is_bulk_shrink(self.peak_active, self.active, self.used)
+                && self.bulk_allowed();
             if bulk {
                 self.peak_active = self.active;
             }

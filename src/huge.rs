@@ -375,7 +375,9 @@ fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *
         // SAFETY: q is a new object of new_len - OS_PAGE > old_len - OS_PAGE bytes, distinct
         // from the live object at p.
         unsafe { core::ptr::copy_nonoverlapping(p as *const u8, q, old_len - OS_PAGE) };
-        free_in_region(base, p, "realloc", true);
+        // The object lives on, in the heap unless it outgrew it (then its old place counts
+        // as a plain free: it leaves the heap's live peak).
+        free_in_region(base, p, "realloc", new_len <= region::MAX_OBJECT);
     }
     q
 }

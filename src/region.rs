@@ -6,8 +6,11 @@
 //! pages that are already faulted in instead of fresh zero pages one fault at a time. Dirty
 //! granules are purged (`madvise(DONTNEED)`, address space kept) after one to two purge
 //! epochs, and at once beyond a budget proportional to what the program has live (`budget`),
-//! so a program that frees everything keeps at most its floor resident (raised while it
-//! cycles through more memory than the budget keeps, halved every quiet epoch down to zero).
+//! or, while the program replaces big buffers one at a time, to its recent peak (see
+//! `enforce_budget`). A program that frees its huge objects in a row keeps at most its floor
+//! resident (raised while it cycles through more memory than the budget keeps, halved every
+//! quiet epoch down to zero); one that frees its last buffer after allocating it keeps up to
+//! that buffer (128 MiB at most) until its next call into the allocator after an epoch.
 //!
 //! Invariant: a free granule that is not dirty reads zero. Pages of a live object's last
 //! granule past the object's end are zero unless the granule is marked as slack (it was
@@ -434,7 +437,7 @@ impl Heap {
 
     /// Purges dirty granules and slack while they exceed the budget (see `budget`). A
     /// program whose big buffers come and go keeps reusing resident pages, decay gives them
-    /// back within two epochs, and a program that freed everything keeps at most its floor. Old before recent, free granules before slack, each from the highest
+    /// back within two epochs, and a program that freed everything in a row keeps at most its floor. Old before recent, free granules before slack, each from the highest
     /// address down (first fit reuses the low ones).
     fn enforce_budget(&mut self) {
         let floor = self.floor.min(self.last_freed).max(MIN_FLOOR);
@@ -556,6 +559,8 @@ pub fn tick_if_due() {
 /// may free its huge objects first, while its small ones still count as live).
 pub fn enforce() {
     let mut h = HEAP.lock();
+    // A bulk shrink, not a buffer replaced: no keeping back to the peak.
+    h.frees_in_row = h.frees_in_row.max(2);
     h.enforce_budget();
     h.publish();
 }

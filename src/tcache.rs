@@ -156,8 +156,9 @@ const GROWN_STACK_FACTOR: usize = 64;
 const GROWN_BYTES_FACTOR: usize = 192;
 
 /// Blocks a class's first refill takes. Each refill writes the free mark into every block
-/// it takes, so a full batch faults in up to 4 KiB per class (half a stack of 8 KiB): a
-/// thread using a few blocks of many classes would fault in tens of KiB it never uses.
+/// it takes, so a full batch touches half a stack's budget of blocks per class (4 KiB, and at
+/// least 4 blocks, each on its own page, for classes above 1 KiB): a thread using a few
+/// blocks of many classes would fault in tens of KiB it never uses.
 /// Later refills double (4, 8, 16, ...) up to half the stack, so a class in steady use costs
 /// a handful more refills, once.
 const FIRST_REFILL: u16 = 4;
@@ -519,7 +520,8 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             flush_all(tc);
             set_draining(tc, Some(0));
             cache_ref(tc).bypass_left = BYPASS_FREES;
-            // Huge objects freed before the arenas shrank were kept against the old budget.
+            // Huge objects freed before the arenas shrank were kept against the old budget (or
+            // back to the recent peak): apply the live budget now.
             crate::region::enforce();
         }
         if push(tc, c, p, secret) {
