@@ -303,7 +303,11 @@ pub fn check_all() {
         }
     }
     if reported != pages::small_used() {
-        fatal("check", "small bytes in use misreported to the page heap", reported);
+        fatal(
+            "check",
+            "small bytes in use misreported to the page heap",
+            reported,
+        );
     }
 }
 

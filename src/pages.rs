@@ -167,9 +167,7 @@ impl PageHeap {
             let ch = chunk_ref(c);
             let dirty = ch.dirty_count();
             if let Some(idx) = ch.alloc_pages(n, align) {
-                self.dirty -= dirty - ch.dirty_count();
-                self.count_active(n as isize);
-                self.shrinking = false;
+                self.took(n, dirty - ch.dirty_count());
                 return Some((c, idx));
             }
             c = ch.next;
@@ -178,8 +176,7 @@ impl PageHeap {
         let c = self.new_chunk()?;
         self.link_chunk(c);
         let idx = chunk_ref(c).alloc_pages(n, align)?;
-        self.count_active(n as isize);
-        self.shrinking = false;
+        self.took(n, 0);
         Some((c, idx))
     }
 
@@ -188,7 +185,13 @@ impl PageHeap {
         let ch = chunk_ref(c);
         let dirty = ch.dirty_count();
         ch.take_pages(idx, n);
-        self.dirty -= dirty - ch.dirty_count();
+        self.took(n, dirty - ch.dirty_count());
+    }
+
+    /// Accounts for `n` pages just taken, `dirty` of them dirty: the heap grows again, so it
+    /// is no longer shrinking.
+    fn took(&mut self, n: usize, dirty: usize) {
+        self.dirty -= dirty;
         self.count_active(n as isize);
         self.shrinking = false;
     }

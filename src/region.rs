@@ -44,9 +44,8 @@ pub fn note_big_alloc() {
         BIG_ALLOC_SEEN.store(true, Relaxed);
     }
 }
-/// The budget's floor in granules: at least this, at most MAX_FLOOR (64 MiB, like glibc's
+/// The budget's floor in granules starts at zero and is at most this (64 MiB, like glibc's
 /// largest trim threshold).
-const MIN_FLOOR: usize = 0;
 const MAX_FLOOR: usize = 16;
 /// Objects longer than this get a mapping of their own (see `huge`): a region must not be
 /// fragmented by a few very large objects.
@@ -118,7 +117,7 @@ impl Heap {
             n: 0,
             live_granules: 0,
             dirty_granules: 0,
-            floor: MIN_FLOOR,
+            floor: 0,
             last_freed: 0,
             peak_live: 0,
             peak_live_before: 0,
@@ -414,7 +413,7 @@ impl Heap {
         }
         self.epoch_start = now;
         if !self.budget_purged && !self.budget_purged_before {
-            self.floor = (self.floor / 2).max(MIN_FLOOR);
+            self.floor /= 2;
         }
         self.budget_purged_before = self.budget_purged;
         self.budget_purged = false;
@@ -437,10 +436,11 @@ impl Heap {
 
     /// Purges dirty granules and slack while they exceed the budget (see `budget`). A
     /// program whose big buffers come and go keeps reusing resident pages, decay gives them
-    /// back within two epochs, and a program that freed everything in a row keeps at most its floor. Old before recent, free granules before slack, each from the highest
+    /// back within two epochs, and a program that freed everything in a row keeps at most
+    /// its floor. Old before recent, free granules before slack, each from the highest
     /// address down (first fit reuses the low ones).
     fn enforce_budget(&mut self) {
-        let floor = self.floor.min(self.last_freed).max(MIN_FLOOR);
+        let floor = self.floor.min(self.last_freed);
         // A program replacing its big buffers one by one (each free follows an allocation)
         // is about to need again what it just freed, however little stays live meanwhile:
         // keep what brings it back to its peak of the last one to two epochs, so that the
@@ -639,11 +639,11 @@ mod tests {
     #[test]
     fn dirty_granules_stay_within_the_live_budget() {
         assert_eq!(
-            budget(0, 0, MIN_FLOOR),
+            budget(0, 0, 0),
             0,
             "a program that freed everything keeps nothing"
         );
-        assert_eq!(budget(1, GRANULE, MIN_FLOOR), 24);
+        assert_eq!(budget(1, GRANULE, 0), 24);
         let mut h = heap_with_region();
         let mut objs = [(0usize, 0usize); 8];
         for (i, o) in objs.iter_mut().enumerate() {
@@ -652,7 +652,7 @@ mod tests {
         }
         for &(b, len) in &objs {
             h.free(b, len, false);
-            let floor = h.floor.min(h.last_freed).max(MIN_FLOOR);
+            let floor = h.floor.min(h.last_freed);
             let allowed = budget(h.live_granules, stats::arena_active_bytes(), floor);
             assert!(
                 h.dirty_granules <= allowed,

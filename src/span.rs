@@ -82,7 +82,7 @@ pub struct Chunk {
     pub info: [PageInfo; PAGES_PER_CHUNK],
     /// Free pages outside the header.
     pub free_count: u32,
-    /// Links in the arena's chunk list.
+    /// Links in the page heap's chunk list (or its pool of empty chunks).
     pub next: *mut Chunk,
     pub prev: *mut Chunk,
     /// Bit set = page free.

@@ -714,7 +714,7 @@ pub fn retire(tc: *mut TCache) {
     // The stacks are empty now: their pages go back to the kernel (they read zero again,
     // like a fresh mapping's; before the cache is on the retired list, where another thread
     // may take it); the header stays for the next thread.
-    let head = (core::mem::size_of::<TCache>() + OS_PAGE - 1) & !(OS_PAGE - 1);
+    let head = os::round_page(core::mem::size_of::<TCache>());
     os::purge((tc as usize + head) as *mut u8, mapping_len() - head);
     let a = cache_ref(tc).arena;
     ARENA_LOAD[a].fetch_sub(1, Relaxed);
@@ -781,9 +781,7 @@ pub fn check_current() {
             if crate::heap::locate(p as usize) != crate::heap::Located::Small(c) {
                 crate::report::fatal("check", "cache holds a foreign block", p as usize);
             }
-            // SAFETY: p is a small block, so its chunk header is mapped.
-            let a = unsafe { (*Chunk::of(p as usize)).arena_of(p as usize) };
-            if arena::lock(a).small_is_free(p as usize) {
+            if arena::small_is_free(p as usize) {
                 crate::report::fatal("check", "cached block also free in its span", p as usize);
             }
             if s[i + 1..].contains(&p) {
