@@ -432,11 +432,11 @@ mod tests {
             let ch = unsafe { &mut *Chunk::init(base) };
             let k = CLASSES[c];
             // two spans back to back, a large object, then free pages
-            let i1 = ch.alloc_pages(k.pages as usize, 1).unwrap();
+            let i1 = ch.alloc_pages(k.pages as usize, 1).unwrap().0;
             ch.make_small(i1, c, 0);
-            let i2 = ch.alloc_pages(k.pages as usize, 1).unwrap();
+            let i2 = ch.alloc_pages(k.pages as usize, 1).unwrap().0;
             ch.make_small(i2, c, 0);
-            let il = ch.alloc_pages(3, 1).unwrap();
+            let il = ch.alloc_pages(3, 1).unwrap().0;
             ch.make_large(il, 3);
             let b = base as usize;
             let spans = [(i1, b + (i1 << PAGE_SHIFT)), (i2, b + (i2 << PAGE_SHIFT))];

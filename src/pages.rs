@@ -165,27 +165,23 @@ impl PageHeap {
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
-            let dirty = ch.dirty_count();
-            if let Some(idx) = ch.alloc_pages(n, align) {
-                self.took(n, dirty - ch.dirty_count());
+            if let Some((idx, dirty)) = ch.alloc_pages(n, align) {
+                self.took(n, dirty);
                 return Some((c, idx));
             }
             c = ch.next;
         }
-        // a new chunk (fresh or pooled) has no dirty pages
         let c = self.new_chunk()?;
         self.link_chunk(c);
-        let idx = chunk_ref(c).alloc_pages(n, align)?;
-        self.took(n, 0);
+        let (idx, dirty) = chunk_ref(c).alloc_pages(n, align)?;
+        self.took(n, dirty);
         Some((c, idx))
     }
 
     /// Takes the free pages `idx..idx + n` of chunk `c` (checked free by the caller).
     pub fn take_pages(&mut self, c: *mut Chunk, idx: usize, n: usize) {
-        let ch = chunk_ref(c);
-        let dirty = ch.dirty_count();
-        ch.take_pages(idx, n);
-        self.took(n, dirty - ch.dirty_count());
+        let dirty = chunk_ref(c).take_pages(idx, n);
+        self.took(n, dirty);
     }
 
     /// Accounts for `n` pages just taken, `dirty` of them dirty: the heap grows again, so it

@@ -105,14 +105,20 @@ fn bit(map: &[u64; MAP_WORDS], i: usize) -> bool {
     map[i / 64] >> (i % 64) & 1 != 0
 }
 
-fn set_bits(map: &mut [u64; MAP_WORDS], start: usize, n: usize, on: bool) {
-    for i in start..start + n {
-        if on {
-            map[i / 64] |= 1 << (i % 64);
-        } else {
-            map[i / 64] &= !(1 << (i % 64));
-        }
+/// Calls `f(word, mask)` for the words covering bits `start..start + n`, with the mask of
+/// those bits in each.
+#[inline(always)]
+fn for_each_word(start: usize, n: usize, mut f: impl FnMut(usize, u64)) {
+    let (mut i, end) = (start, start + n);
+    while i < end {
+        let k = (64 - i % 64).min(end - i);
+        f(i / 64, (u64::MAX >> (64 - k)) << (i % 64));
+        i += k;
     }
+}
+
+fn set_bits(map: &mut [u64; MAP_WORDS], start: usize, n: usize, on: bool) {
+    for_each_word(start, n, |w, m| if on { map[w] |= m } else { map[w] &= !m });
 }
 
 /// First index >= `from` whose bit is `want`.
@@ -133,6 +139,42 @@ fn next_with(map: &[u64; MAP_WORDS], from: usize, want: bool) -> Option<usize> {
         }
         word = map[w] ^ flip;
     }
+}
+
+/// First index of `n` (1..=64) set bits in a row, starting at a multiple of `align` (a power
+/// of two up to 64), or None. Word-parallel: a fragmented chunk has dozens of short free
+/// runs, and walking them one by one cost about a thousand instructions per large object
+/// (server-churn).
+fn first_run(map: &[u64; MAP_WORDS], n: usize, align: usize) -> Option<usize> {
+    debug_assert!((1..=64).contains(&n) && align.is_power_of_two() && align <= 64);
+    // Bits at the multiples of `align` in a word, by log2(align).
+    const ALIGNED: [u64; 7] = [
+        u64::MAX,
+        0x5555_5555_5555_5555,
+        0x1111_1111_1111_1111,
+        0x0101_0101_0101_0101,
+        0x0001_0001_0001_0001,
+        0x0000_0001_0000_0001,
+        1,
+    ];
+    let aligned = ALIGNED[align.trailing_zeros() as usize % 7];
+    for w in 0..MAP_WORDS {
+        let next = if w + 1 < MAP_WORDS { map[w + 1] } else { 0 };
+        // Bit i of `m` says that bits i..i+len of the two words are all set; `len` doubles
+        // (the last step by less) up to n, so a run may start in word w and end in w + 1.
+        let mut m = map[w] as u128 | (next as u128) << 64;
+        let mut len = 1;
+        while len < n {
+            let step = len.min(n - len);
+            m &= m >> step;
+            len += step;
+        }
+        let starts = m as u64 & aligned;
+        if starts != 0 {
+            return Some(w * 64 + starts.trailing_zeros() as usize);
+        }
+    }
+    None
 }
 
 impl Chunk {
@@ -202,11 +244,21 @@ impl Chunk {
     }
 
     /// Takes `n` free pages starting at a multiple of `align` pages (first fit); returns the
-    /// first page.
-    pub fn alloc_pages(&mut self, n: usize, align: usize) -> Option<usize> {
+    /// first page and how many of the pages were dirty.
+    pub fn alloc_pages(&mut self, n: usize, align: usize) -> Option<(usize, usize)> {
         if (self.free_count as usize) < n {
             return None;
         }
+        let s = if n <= 64 && align <= 64 && align.is_power_of_two() {
+            first_run(&self.free, n, align)?
+        } else {
+            self.first_run_by_runs(n, align)?
+        };
+        Some((s, self.take_pages(s, n)))
+    }
+
+    /// `first_run` for any length and alignment: walks the free runs one by one.
+    fn first_run_by_runs(&self, n: usize, align: usize) -> Option<usize> {
         let mut from = HEADER_PAGES;
         loop {
             let s = next_with(&self.free, from, true)?;
@@ -216,7 +268,6 @@ impl Chunk {
             }
             let e = next_with(&self.free, s, false).unwrap_or(PAGES_PER_CHUNK);
             if e >= s + n {
-                self.take_pages(s, n);
                 return Some(s);
             }
             from = if e > s { e } else { s + 1 };
@@ -245,11 +296,17 @@ impl Chunk {
     /// Whether they still read zero is not tracked: a free page, even one never used or
     /// purged, may have been written by an overflow of the block below it, so calloc
     /// clears every page it takes from a chunk.
-    pub fn take_pages(&mut self, start: usize, n: usize) {
-        set_bits(&mut self.free, start, n, false);
-        set_bits(&mut self.dirty_new, start, n, false);
-        set_bits(&mut self.dirty_old, start, n, false);
+    /// Returns how many of them were dirty.
+    pub fn take_pages(&mut self, start: usize, n: usize) -> usize {
+        let mut dirty = 0;
+        for_each_word(start, n, |w, m| {
+            dirty += ((self.dirty_new[w] | self.dirty_old[w]) & m).count_ones() as usize;
+            self.free[w] &= !m;
+            self.dirty_new[w] &= !m;
+            self.dirty_old[w] &= !m;
+        });
         self.free_count -= n as u32;
+        dirty
     }
 
     /// Purges the pages dirty since before the current epoch (all of them if `all`), and
@@ -407,14 +464,16 @@ mod tests {
         // SAFETY: fresh() returns a valid initialised chunk owned by this test.
         let ch = unsafe { &mut *fresh() };
         assert_eq!(ch.free_count as usize, USABLE_PAGES);
-        let a = ch.alloc_pages(3, 1).unwrap();
+        let a = ch.alloc_pages(3, 1).unwrap().0;
         assert_eq!(a, HEADER_PAGES);
-        let b = ch.alloc_pages(4, 4).unwrap();
+        let b = ch.alloc_pages(4, 4).unwrap().0;
         assert_eq!(b % 4, 0);
         assert!(b >= a + 3);
         ch.free_pages(a, 3);
         // freed pages are dirty until purged; taking two of them leaves one dirty
         let c = ch.alloc_pages(2, 1).unwrap();
+        assert_eq!(c.1, 2);
+        let c = c.0;
         assert_eq!(c, a);
         assert_eq!(ch.dirty_count(), 1);
         // two epochs later the remaining dirty page is purged and clean again
@@ -426,13 +485,51 @@ mod tests {
     }
 
     #[test]
+    fn word_parallel_run_search_agrees_with_the_run_walk() {
+        // SAFETY: fresh() returns a valid initialised chunk owned by this test.
+        let ch = unsafe { &mut *fresh() };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..400 {
+            // Dense maps (long runs, across word boundaries) and fragmented ones.
+            for w in 0..MAP_WORDS {
+                let r = rnd();
+                ch.free[w] = match round % 4 {
+                    0 => r | rnd() | rnd(),
+                    1 => r & rnd(),
+                    2 => !(1u64 << (r % 64)),
+                    _ => r,
+                };
+            }
+            ch.free[0] &= !((1u64 << HEADER_PAGES) - 1);
+            for n in 1..=64 {
+                for align in [1, 2, 4, 8, 16, 32, 64] {
+                    assert_eq!(
+                        first_run(&ch.free, n, align),
+                        ch.first_run_by_runs(n, align),
+                        "n {n} align {align} map {:x?}",
+                        ch.free
+                    );
+                }
+            }
+        }
+        crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
+    }
+
+    #[test]
     fn span_bitmap_take_and_put() {
         // SAFETY: as above.
         let ch = unsafe { &mut *fresh() };
         let c = 0; // 16-byte class, 1024 blocks
         let idx = ch
             .alloc_pages(size_class::info(c).pages as usize, 1)
-            .unwrap();
+            .unwrap()
+            .0;
         let s = unsafe { &mut *ch.make_small(idx, c, 0) };
         assert_eq!(s.count_free_bits(), s.nblocks as usize);
         let mut out = [null_mut(); 100];

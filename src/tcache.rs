@@ -13,7 +13,7 @@
 //! arena paths.
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use crate::arena;
 use crate::config::{narenas, MAX_ARENAS, TCACHE_BYTES};
@@ -119,10 +119,26 @@ pub static UNSET: SyncCache = SyncCache(empty_cache());
 /// What the slot points at after thread exit: the slow paths see it and use the arenas.
 static DEAD: SyncCache = SyncCache(empty_cache());
 
-/// Starting capacity of class `c`'s stack: the option's byte budget in blocks, within
-/// bounds; 0 when thread caches are off.
+/// The option's byte budget per class, read once, when the first cache is laid out: every
+/// cache has the same layout (`mapping_len`, the stacks' places) for the life of the process,
+/// whatever later writes to the option do (a unit test of the option parser does one).
+fn budget() -> usize {
+    static LATCHED: AtomicU32 = AtomicU32::new(u32::MAX);
+    let b = LATCHED.load(Relaxed);
+    if b != u32::MAX {
+        return b as usize;
+    }
+    let v = TCACHE_BYTES.load(Relaxed);
+    match LATCHED.compare_exchange(u32::MAX, v, Relaxed, Relaxed) {
+        Ok(_) => v as usize,
+        Err(first) => first as usize,
+    }
+}
+
+/// Starting capacity of class `c`'s stack: the byte budget in blocks, within bounds; 0 when
+/// thread caches are off.
 fn capacity(c: usize) -> usize {
-    let budget = TCACHE_BYTES.load(Relaxed) as usize;
+    let budget = budget();
     if budget == 0 {
         0
     } else {
@@ -142,8 +158,7 @@ fn capacity(c: usize) -> usize {
 /// it overflows without a refill since its last flush (the thread is freeing more than it
 /// allocates) and when the cache drains.
 fn max_capacity(c: usize) -> usize {
-    let budget = TCACHE_BYTES.load(Relaxed) as usize;
-    capacity(c).max((GROWN_STACK_FACTOR * budget / CLASSES[c].size as usize).min(GROWN_MAX))
+    capacity(c).max((GROWN_STACK_FACTOR * budget() / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
 const GROWN_STACK_FACTOR: usize = 64;
@@ -595,7 +610,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
 /// few times per burst at most.
 fn may_grow(t: &TCache, c: usize, cap: usize, max: usize, p: *mut u8) -> bool {
     let more = ((cap * 2).min(max) - cap) * CLASSES[c].size as usize;
-    if grown_bytes(t) + more > GROWN_BYTES_FACTOR * TCACHE_BYTES.load(Relaxed) as usize {
+    if grown_bytes(t) + more > GROWN_BYTES_FACTOR * budget() {
         return false;
     }
     // SAFETY: the first `count` slots hold blocks.
