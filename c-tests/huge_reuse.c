@@ -5,11 +5,18 @@
  *   neighbour it must not overwrite, or crosses into blocks with mappings of their own
  *   (above 64 MiB), and shrinking then regrowing keeps them too;
  * - allocating and freeing the same large size in a loop does not fault its pages in again
- *   on every round (no madvise/munmap thrash): minor faults stay near one block's pages. */
+ *   on every round (no madvise/munmap thrash): minor faults stay near one block's pages;
+ * - a block that must move to grow (a neighbour after it) into memory not yet faulted in
+ *   moves without a copy where the kernel can move pages (MREMAP_DONTUNMAP): its contents
+ *   come along without faulting in the target, and the place it left reads zero when
+ *   calloc reuses it. */
 #include "common.h"
 
 #include <malloc.h>
 #include <sys/mman.h>
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -130,6 +137,61 @@ static void loop_does_not_refault(void)
           faults, rounds, size / MiB);
 }
 
+/* Whether this kernel moves anonymous pages with MREMAP_DONTUNMAP (Linux 5.7). */
+static int kernel_moves_pages(void)
+{
+    size_t len = 2 * 4096;
+    unsigned char *src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned char *dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (src == MAP_FAILED || dst == MAP_FAILED) return 0;
+    src[0] = 42;
+    void *r = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+    int ok = r == dst && dst[0] == 42 && src[0] == 0;
+    munmap(src, len);
+    munmap(dst, len);
+    return ok;
+}
+
+static void moved_growth_does_not_copy(void)
+{
+    const size_t n = 6 * MiB, grown = 24 * MiB;
+    malloc_trim(0); /* no resident free memory left: the move goes to pages not faulted in */
+    unsigned char *a = malloc(n);
+    unsigned char *b = malloc(2 * MiB);
+    if (!a || !b) {
+        FAILF("malloc failed");
+        return;
+    }
+    rs_fill(a, n, 3);
+    rs_fill(b, 2 * MiB, 4);
+    long before = minflt();
+    unsigned char *q = realloc(a, grown);
+    check_block(q ? q : a, n, 3, "block moved to grow");
+    long faults = minflt() - before;
+    CHECK(q != NULL, "realloc(%zu)", grown);
+    if (!q) return;
+    check_block(b, 2 * MiB, 4, "neighbour of a moved block");
+    if (kernel_moves_pages()) {
+        printf("huge_reuse: realloc %zu -> %zu MiB past a neighbour: %ld minor faults (%zu pages moved)\n",
+               n / MiB, grown / MiB, faults, n / 4096);
+        CHECK(q != a, "realloc past a neighbour stayed in place");
+        CHECK(faults < (long)(n / 4096) / 4,
+              "%ld minor faults moving a %zu MiB block: its contents were copied, not moved", faults, n / MiB);
+    }
+    rs_fill(q, grown, 5);
+    /* the place the block left is free and reads zero, whoever takes it */
+    unsigned char *z = calloc(1, n);
+    CHECK(z != NULL, "calloc(%zu)", n);
+    if (z) {
+        size_t nz = rs_first_nonzero(z, n);
+        CHECK(nz == (size_t)-1, "calloc(%zu) in the place of a moved block: byte %zu not zero", n, nz);
+        free(z);
+    }
+    check_block(q, grown, 5, "moved block after its old place was reused");
+    free(q);
+    free(b);
+}
+
 /* Under mlockall the kernel refuses to purge (madvise DONTNEED on locked pages): memory the
  * allocator tried to give back keeps its contents, and calloc must still read zero. Run in a
  * child so that the lock stays there. */
@@ -172,6 +234,7 @@ int main(void)
     loop_does_not_refault();
     calloc_after_dirty();
     growth_keeps_contents();
+    moved_growth_does_not_copy();
     calloc_zero_when_purge_refused();
     return rs_summary("huge_reuse");
 }

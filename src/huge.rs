@@ -344,7 +344,8 @@ fn free_in_region(base: usize, p: usize, func: &str, moved: bool) {
 }
 
 /// Resizes a huge-heap object: shrinks in place, grows in place into free granules after
-/// it, or moves (a copy into a new object, whose pages are likely resident already).
+/// it, or moves into a new object: the kernel moves the pages (no copy, and the old pages
+/// stay resident where they are needed), or, should it refuse, a copy.
 fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *mut u8 {
     let mut heap = region::lock();
     let h = header_of(base);
@@ -370,8 +371,19 @@ fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *
         heap.shrink(base, new_len, old_len);
     }
     drop(heap);
-    let (q, _) = alloc(new_len - OS_PAGE, OS_PAGE);
+    let (q, fresh) = alloc(new_len - OS_PAGE, OS_PAGE);
     if !q.is_null() {
+        let qb = q as usize - OS_PAGE;
+        // Into fresh granules the kernel moves the pages (a copy would fault in every page
+        // of the target); into resident ones a copy is cheaper than dropping them.
+        if fresh && new_len <= region::MAX_OBJECT && move_granules(base, old_len, qb) {
+            let mut heap = region::lock();
+            pagemap::unregister(base, old_len);
+            heap.moved(base, old_len, qb, new_len);
+            drop(heap);
+            stats::add_huge(-(old_len as isize), -1);
+            return q;
+        }
         // SAFETY: q is a new object of new_len - OS_PAGE > old_len - OS_PAGE bytes, distinct
         // from the live object at p.
         unsafe { core::ptr::copy_nonoverlapping(p as *const u8, q, old_len - OS_PAGE) };
@@ -380,6 +392,23 @@ fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *
         free_in_region(base, p, "realloc", new_len <= region::MAX_OBJECT);
     }
     q
+}
+
+/// Moves the whole granules of the huge-heap object at `base` (`old_len` bytes) into the
+/// start of the new object at `target`, which has at least as many, keeping the new
+/// object's header. Whole granules, so that the heap's mappings split only at granule
+/// boundaries (at most one piece per granule, however many moves).
+fn move_granules(base: usize, old_len: usize, target: usize) -> bool {
+    let len = region::granules(old_len) * region::GRANULE;
+    // SAFETY: the new object's header, written by `alloc`, is plain data at its base.
+    let header = unsafe { core::ptr::read(target as *const Header) };
+    if !os::move_pages(base as *mut u8, len, target as *mut u8) {
+        return false;
+    }
+    // SAFETY: the old object's header came along and lies at `target`, in the new object's
+    // first page, which only this thread knows of yet.
+    unsafe { core::ptr::write(target as *mut Header, header) };
+    true
 }
 
 fn map_fresh(map_len: usize, user_off: usize, align: usize) -> *mut u8 {

@@ -191,6 +191,25 @@ pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> 
     r != libc::MAP_FAILED
 }
 
+/// Moves the pages of `len` bytes at `p` to `target` (both ours, not overlapping), leaving
+/// `p..p + len` mapped and reading zero (MREMAP_DONTUNMAP, Linux 5.7): no copy, no fault at
+/// the target, and no hole in the reservation the source lies in. False if the kernel
+/// refuses (older kernel, mapping limit); nothing moved then.
+pub fn move_pages(p: *mut u8, len: usize, target: *mut u8) -> bool {
+    // SAFETY: both ranges are private anonymous memory of ours that nothing else uses; the
+    // target's previous pages are dropped by design.
+    let r = unsafe {
+        libc::mremap(
+            p as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+            target as *mut libc::c_void,
+        )
+    };
+    r == target as *mut libc::c_void
+}
+
 pub fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     unsafe { *libc::__errno_location() = e };

@@ -154,7 +154,7 @@ pub fn fork_child() {
     HEAP.reset_in_child();
 }
 
-fn granules(len: usize) -> usize {
+pub fn granules(len: usize) -> usize {
     len.div_ceil(GRANULE)
 }
 
@@ -335,6 +335,29 @@ impl Heap {
         }
         self.tick();
         self.enforce_budget();
+        self.publish();
+    }
+
+    /// The kernel moved the pages of the object at `old_base` (`old_len` bytes, whole
+    /// granules) into the start of the object at `new_base` (`new_len` bytes, just taken by
+    /// `alloc`): the old granules are free and read zero. When both objects have as many
+    /// granules, the new one's last granule holds old data past its end: slack.
+    pub fn moved(&mut self, old_base: usize, old_len: usize, new_base: usize, new_len: usize) {
+        let (r, g) = self.find(old_base);
+        let n = granules(old_len);
+        let m = mask(g, n);
+        if self.regions[r].used & m != m {
+            unreachable_region(old_base);
+        }
+        self.drop_slack(r, g + n - 1);
+        self.regions[r].used &= !m;
+        self.live_granules -= n;
+        if granules(new_len) == n {
+            let (nr, ng) = self.find(new_base);
+            if self.regions[nr].slack[ng + n - 1] == 0 {
+                self.note_slack(nr, ng + n - 1, os::round_page(new_len) - (n - 1) * GRANULE);
+            }
+        }
         self.publish();
     }
 
