@@ -12,6 +12,11 @@
 //! A chunk that becomes entirely free goes, beyond the one kept, to a small pool of purged
 //! chunks, and beyond it back to the kernel.
 //!
+//! Purges run outside this lock: under it, the dirty runs are only claimed (out of the free
+//! map, so no one takes them meanwhile); the thread that claimed them calls madvise once it
+//! has let the lock go, then gives them back, free and clean. A purge of hundreds of MiB
+//! does not stall every thread that needs a page for as long.
+//!
 //! Lock order: an arena's lock, then this one; nothing here takes an arena lock.
 
 use core::ptr::null_mut;
@@ -42,7 +47,35 @@ pub struct PageHeap {
     /// Empty, purged chunks kept for reuse (still registered in the page map).
     pool: *mut Chunk,
     pool_count: usize,
+    /// Runs claimed for purging outside the lock (see `HeapGuard`), and whether any claim
+    /// asked for every empty chunk to go.
+    claimed: [Claim; MAX_CLAIMS],
+    nclaimed: usize,
+    claimed_all: bool,
+    /// Empty chunks unlinked from the heap, to be purged outside the lock and then pooled
+    /// or unmapped (see `release_chunk`).
+    releasing: [*mut Chunk; MAX_RELEASING],
+    nreleasing: usize,
+    /// A thread is purging claimed runs and chunks (lock released): others purge under the
+    /// lock.
+    purging: bool,
 }
+
+#[derive(Clone, Copy)]
+struct Claim {
+    chunk: *mut Chunk,
+    first: u16,
+    n: u16,
+}
+const NO_CLAIM: Claim = Claim {
+    chunk: null_mut(),
+    first: 0,
+    n: 0,
+};
+/// Runs one purge may claim, chunks one release may defer; beyond, the purge is done
+/// under the lock.
+const MAX_CLAIMS: usize = 64;
+const MAX_RELEASING: usize = 16;
 
 // SAFETY: the raw pointers lead into chunk headers that only the holder of the lock touches
 // (page bitmaps, links); span descriptors and page infos belong to the span's owner.
@@ -58,6 +91,12 @@ static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap {
     shrinking: false,
     pool: null_mut(),
     pool_count: 0,
+    claimed: [NO_CLAIM; MAX_CLAIMS],
+    nclaimed: 0,
+    claimed_all: false,
+    releasing: [null_mut(); MAX_RELEASING],
+    nreleasing: 0,
+    purging: false,
 });
 const POOL_MAX: usize = 4;
 
@@ -98,12 +137,56 @@ pub fn small_used() -> usize {
     SMALL_USED.load(Relaxed)
 }
 
-pub fn lock() -> Guard<'static, PageHeap> {
-    HEAP.lock()
+/// The page heap, locked. Dropping the guard purges the runs claimed while it was held,
+/// after releasing the lock.
+pub struct HeapGuard(Option<Guard<'static, PageHeap>>);
+
+impl core::ops::Deref for HeapGuard {
+    type Target = PageHeap;
+    fn deref(&self) -> &PageHeap {
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
 }
 
-pub fn try_lock() -> Option<Guard<'static, PageHeap>> {
-    HEAP.try_lock()
+impl core::ops::DerefMut for HeapGuard {
+    fn deref_mut(&mut self) -> &mut PageHeap {
+        self.0.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for HeapGuard {
+    fn drop(&mut self) {
+        let Some(mut h) = self.0.take() else { return };
+        // Giving the runs back may empty chunks, which are then released the same way.
+        while (h.nclaimed != 0 || h.nreleasing != 0) && !h.purging {
+            h.purging = true;
+            let (runs, n) = (h.claimed, h.nclaimed);
+            let (chunks, m) = (h.releasing, h.nreleasing);
+            drop(h);
+            for r in &runs[..n] {
+                let ch = chunk_ref(r.chunk);
+                os::purge(
+                    ch.page_addr(r.first as usize) as *mut u8,
+                    (r.n as usize) * PAGE_SIZE,
+                );
+            }
+            for &c in &chunks[..m] {
+                // Unlinked: no other thread reaches this chunk.
+                stats::add_purged_pages(chunk_ref(c).purge(true));
+            }
+            h = HEAP.lock();
+            h.finish_releases(m);
+            h.return_claims(true);
+        }
+    }
+}
+
+pub fn lock() -> HeapGuard {
+    HeapGuard(Some(HEAP.lock()))
+}
+
+pub fn try_lock() -> Option<HeapGuard> {
+    HEAP.try_lock().map(|g| HeapGuard(Some(g)))
 }
 
 pub fn pressure_events() -> usize {
@@ -251,16 +334,31 @@ impl PageHeap {
     }
 
     /// Purges dirty pages older than an epoch (every dirty page if `all`) and releases the
-    /// chunks that became empty, keeping one empty chunk unless `all`.
+    /// chunks that became empty, keeping one empty chunk unless `all`. The runs are claimed
+    /// for the guard to purge after the lock is released (up to MAX_CLAIMS of them, unless
+    /// another thread's claims are being purged: then here, under the lock).
     pub fn purge(&mut self, all: bool) -> usize {
         let mut purged = 0;
         let mut still_dirty = 0;
         let mut kept_empty = all;
+        let defer = !self.purging;
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
             let next = ch.next;
-            purged += ch.purge(all);
+            let (claimed, nclaimed) = (&mut self.claimed, &mut self.nclaimed);
+            purged += ch.purge_with(all, |first, n| {
+                let room = defer && *nclaimed < MAX_CLAIMS;
+                if room {
+                    claimed[*nclaimed] = Claim {
+                        chunk: c,
+                        first: first as u16,
+                        n: n as u16,
+                    };
+                    *nclaimed += 1;
+                }
+                room
+            });
             if ch.is_empty() && kept_empty {
                 self.unlink_chunk(c);
                 self.release_chunk(c);
@@ -271,8 +369,49 @@ impl PageHeap {
             c = next;
         }
         self.dirty = still_dirty;
+        if defer && self.nclaimed > 0 {
+            self.claimed_all |= all;
+        }
         stats::add_purged_pages(purged);
         purged
+    }
+
+    /// Gives the claimed runs back to their chunks: free, and clean if `purged` (dirty if
+    /// their purge may not have happened: a forked child). Then releases the chunks that are
+    /// empty now, as `purge` would have.
+    fn return_claims(&mut self, purged: bool) {
+        for r in self.claimed[..self.nclaimed].iter() {
+            let ch = chunk_ref(r.chunk);
+            ch.unclaim(r.first as usize, r.n as usize);
+            if !purged {
+                ch.mark_dirty(r.first as usize, r.n as usize);
+                self.dirty += r.n as usize;
+            }
+        }
+        self.nclaimed = 0;
+        self.purging = false;
+        let mut kept_empty = core::mem::take(&mut self.claimed_all);
+        let mut c = self.chunks;
+        while !c.is_null() {
+            let next = chunk_ref(c).next;
+            if chunk_ref(c).is_empty() {
+                if kept_empty {
+                    self.dirty -= chunk_ref(c).dirty_count();
+                    self.unlink_chunk(c);
+                    self.release_chunk(c);
+                }
+                kept_empty = true;
+            }
+            c = next;
+        }
+    }
+
+    /// Whether page `i` of chunk `c` starts a run claimed for purging; its length.
+    fn claim_at(&self, c: *const Chunk, i: usize) -> Option<usize> {
+        self.claimed[..self.nclaimed]
+            .iter()
+            .find(|r| core::ptr::eq(r.chunk, c) && r.first as usize == i)
+            .map(|r| r.n as usize)
     }
 
     /// Dirty pages counted in the chunks' bitmaps.
@@ -315,9 +454,29 @@ impl PageHeap {
         Some(unsafe { Chunk::init(base) })
     }
 
-    /// An empty chunk leaves the heap, purged: to the pool, or back to the kernel.
+    /// An empty chunk, unlinked, leaves the heap, purged: to the pool, or back to the
+    /// kernel. The purge waits for the guard to release the lock (see `HeapGuard`) unless
+    /// another thread is purging or too many chunks wait already.
     fn release_chunk(&mut self, c: *mut Chunk) {
-        stats::add_purged_pages(chunk_ref(c).purge(true));
+        if !self.purging && self.nreleasing < MAX_RELEASING {
+            self.releasing[self.nreleasing] = c;
+            self.nreleasing += 1;
+        } else {
+            stats::add_purged_pages(chunk_ref(c).purge(true));
+            self.pool_or_unmap(c);
+        }
+    }
+
+    /// The first `m` chunks waiting for release were purged: to the pool or the kernel.
+    fn finish_releases(&mut self, m: usize) {
+        for i in 0..m {
+            self.pool_or_unmap(self.releasing[i]);
+        }
+        self.releasing.copy_within(m..self.nreleasing, 0);
+        self.nreleasing -= m;
+    }
+
+    fn pool_or_unmap(&mut self, c: *mut Chunk) {
         if self.pool_count < POOL_MAX {
             chunk_ref(c).next = self.pool;
             self.pool = c;
@@ -363,6 +522,10 @@ impl PageHeap {
             let mut free_pages = 0;
             let mut i = crate::span::HEADER_PAGES;
             while i < crate::config::PAGES_PER_CHUNK {
+                if let Some(n) = self.claim_at(c, i) {
+                    i += n;
+                    continue;
+                }
                 if ch.page_is_free(i) {
                     if ch.info[i].kind != crate::span::KIND_NONE {
                         fatal("check", "free page with a kind at", ch.page_addr(i));
@@ -481,4 +644,16 @@ pub fn fork_parent() {
 }
 pub fn fork_child() {
     HEAP.reset_in_child();
+    // Runs and chunks a thread of the parent was purging wait for no one here: the chunks
+    // are purged now, the runs go back to the free map dirty (purged or not).
+    let mut h = HEAP.lock();
+    if h.purging {
+        let m = h.nreleasing;
+        for i in 0..m {
+            let c = h.releasing[i];
+            stats::add_purged_pages(chunk_ref(c).purge(true));
+        }
+        h.finish_releases(m);
+        h.return_claims(false);
+    }
 }

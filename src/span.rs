@@ -312,6 +312,13 @@ impl Chunk {
     /// Purges the pages dirty since before the current epoch (all of them if `all`), and
     /// starts a new epoch. Returns the number of pages purged.
     pub fn purge(&mut self, all: bool) -> usize {
+        self.purge_with(all, |_, _| false)
+    }
+
+    /// `purge`, except that each run of pages `defer(first, n)` accepts is not purged here
+    /// but claimed: out of the free map (no one takes it) until `unclaim` gives it back, for
+    /// the caller to purge once it no longer holds the page heap's lock.
+    pub fn purge_with(&mut self, all: bool, mut defer: impl FnMut(usize, usize) -> bool) -> usize {
         if all {
             for w in 0..MAP_WORDS {
                 self.dirty_old[w] |= self.dirty_new[w];
@@ -322,13 +329,30 @@ impl Chunk {
         let mut from = 0;
         while let Some(s) = next_with(&self.dirty_old, from, true) {
             let e = next_with(&self.dirty_old, s, false).unwrap_or(PAGES_PER_CHUNK);
-            crate::os::purge(self.page_addr(s) as *mut u8, (e - s) << PAGE_SHIFT);
+            if defer(s, e - s) {
+                set_bits(&mut self.free, s, e - s, false);
+                self.free_count -= (e - s) as u32;
+            } else {
+                crate::os::purge(self.page_addr(s) as *mut u8, (e - s) << PAGE_SHIFT);
+            }
             purged += e - s;
             from = e;
         }
         self.dirty_old = self.dirty_new;
         self.dirty_new = [0; MAP_WORDS];
         purged
+    }
+
+    /// Gives back the `n` pages at `first` claimed by `purge_with`, purged since: free and
+    /// clean.
+    pub fn unclaim(&mut self, first: usize, n: usize) {
+        set_bits(&mut self.free, first, n, true);
+        self.free_count += n as u32;
+    }
+
+    /// Marks the `n` free pages at `first` dirty (their purge may not have happened).
+    pub fn mark_dirty(&mut self, first: usize, n: usize) {
+        set_bits(&mut self.dirty_new, first, n, true);
     }
 
     /// Dirty pages (either epoch).
