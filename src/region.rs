@@ -67,6 +67,9 @@ struct Region {
     slack_new: u64,
     slack_old: u64,
     slack: [u32; GRANULES],
+    /// Free granules claimed for purging outside the lock (see `RegionGuard`): marked
+    /// used meanwhile, so that no object takes them.
+    claimed: u64,
 }
 
 const EMPTY: Region = Region {
@@ -77,6 +80,7 @@ const EMPTY: Region = Region {
     slack_new: 0,
     slack_old: 0,
     slack: [0; GRANULES],
+    claimed: 0,
 };
 
 pub struct Heap {
@@ -110,6 +114,11 @@ pub struct Heap {
     purged_decay: u64,
     purged_budget: u64,
     purged_other: u64,
+    /// Whether purges of free granules wait for the guard to release the lock (the
+    /// process's heap; the unit tests' heaps purge at once), and whether a thread is doing
+    /// them now (others then purge under the lock).
+    defer: bool,
+    purging: bool,
 }
 
 impl Heap {
@@ -132,18 +141,90 @@ impl Heap {
             purged_decay: 0,
             purged_budget: 0,
             purged_other: 0,
+            defer: false,
+            purging: false,
         }
+    }
+
+    /// Whether granules are claimed and no thread is purging them yet.
+    fn has_claims(&self) -> bool {
+        !self.purging && self.regions[..self.n].iter().any(|r| r.claimed != 0)
+    }
+
+    /// Gives the claimed granules back: free, and clean if `purged` (else dirty: a forked
+    /// child, where the purge may not have happened).
+    fn return_claims(&mut self, purged: bool) {
+        for reg in &mut self.regions[..self.n] {
+            reg.used &= !reg.claimed;
+            if !purged {
+                reg.dirty_new |= reg.claimed;
+                self.dirty_granules += reg.claimed.count_ones() as usize;
+            }
+            reg.claimed = 0;
+        }
+        self.purging = false;
+        self.publish();
     }
 }
 
-static HEAP: Mutex<Heap> = Mutex::new(Heap::new());
+static HEAP: Mutex<Heap> = Mutex::new(Heap {
+    defer: true,
+    ..Heap::new()
+});
+
+/// The huge heap, locked. Dropping the guard purges the granules claimed while it was held,
+/// after releasing the lock: a purge of many granules (about a millisecond per 4 MiB) does
+/// not stall the other threads' huge allocations and frees.
+pub struct RegionGuard(Option<Guard<'static, Heap>>);
+
+impl core::ops::Deref for RegionGuard {
+    type Target = Heap;
+    fn deref(&self) -> &Heap {
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl core::ops::DerefMut for RegionGuard {
+    fn deref_mut(&mut self) -> &mut Heap {
+        self.0.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for RegionGuard {
+    fn drop(&mut self) {
+        let Some(mut h) = self.0.take() else { return };
+        if !h.has_claims() {
+            return;
+        }
+        h.purging = true;
+        let mut claims = [(0usize, 0u64); MAX_REGIONS];
+        let n = h.n;
+        for (c, reg) in claims.iter_mut().zip(&h.regions[..n]) {
+            *c = (reg.base, reg.claimed);
+        }
+        drop(h);
+        let mut failed = false;
+        for &(base, mut bits) in &claims[..n] {
+            while bits != 0 {
+                let g = bits.trailing_zeros() as usize;
+                let run = (!(bits >> g)).trailing_zeros() as usize;
+                failed |= !os::purge((base + (g << CHUNK_SHIFT)) as *mut u8, run * GRANULE);
+                bits &= !mask(g, run);
+            }
+        }
+        let mut h = HEAP.lock();
+        // Purged memory can no longer be trusted to read zero if the kernel refused.
+        h.purge_fails |= failed;
+        h.return_claims(true);
+    }
+}
 /// Mirrors of the heap's state for `tick_if_due`, which must not take the lock for nothing:
 /// whether anything is dirty, and when the current epoch started.
 static ANY_DIRTY: AtomicBool = AtomicBool::new(false);
 static EPOCH_START: AtomicU64 = AtomicU64::new(0);
 
-pub fn lock() -> Guard<'static, Heap> {
-    HEAP.lock()
+pub fn lock() -> RegionGuard {
+    RegionGuard(Some(HEAP.lock()))
 }
 
 pub fn fork_prepare() {
@@ -154,6 +235,11 @@ pub fn fork_parent() {
 }
 pub fn fork_child() {
     HEAP.reset_in_child();
+    // Granules a thread of the parent was purging: free again, dirty (purged or not).
+    let mut h = HEAP.lock();
+    if h.purging {
+        h.return_claims(false);
+    }
 }
 
 pub fn granules(len: usize) -> usize {
@@ -210,12 +296,15 @@ impl Heap {
             self.purge_fails = true;
         }
         stats::add_purged_pages(len / crate::config::PAGE_SIZE);
-        let counter = match why {
+        *self.purge_counter(why) += len as u64;
+    }
+
+    fn purge_counter(&mut self, why: Why) -> &mut u64 {
+        match why {
             Why::Decay => &mut self.purged_decay,
             Why::Budget => &mut self.purged_budget,
             Why::Other => &mut self.purged_other,
-        };
-        *counter += len as u64;
+        }
     }
 
     /// Marks granules `m` of region `r` used, returning which of them were dirty.
@@ -518,13 +607,22 @@ impl Heap {
     }
 
     /// Purges the dirty free granules `bits` of region `r`, one madvise per run of adjacent
-    /// ones; they are clean afterwards.
+    /// ones; they are clean afterwards. In the process's heap they are only claimed here,
+    /// for the guard to purge once the lock is released (see `RegionGuard`).
     fn purge_free(&mut self, r: usize, mut bits: u64, why: Why) {
         let reg = &mut self.regions[r];
         reg.dirty_old &= !bits;
         reg.dirty_new &= !bits;
         self.dirty_granules -= bits.count_ones() as usize;
         let base = reg.base;
+        if self.defer && !self.purging {
+            reg.claimed |= bits;
+            reg.used |= bits;
+            let bytes = bits.count_ones() as usize * GRANULE;
+            stats::add_purged_pages(bytes / crate::config::PAGE_SIZE);
+            *self.purge_counter(why) += bytes as u64;
+            return;
+        }
         while bits != 0 {
             let g = bits.trailing_zeros() as usize;
             let run = (!(bits >> g)).trailing_zeros() as usize;
@@ -575,7 +673,8 @@ pub fn tick_if_due() {
     {
         return;
     }
-    if let Some(mut h) = HEAP.try_lock() {
+    if let Some(h) = HEAP.try_lock() {
+        let mut h = RegionGuard(Some(h));
         h.tick();
     }
 }
@@ -583,7 +682,7 @@ pub fn tick_if_due() {
 /// Re-applies the budget now: the arenas just shrank in bulk (a program freeing everything
 /// may free its huge objects first, while its small ones still count as live).
 pub fn enforce() {
-    let mut h = HEAP.lock();
+    let mut h = lock();
     // A bulk shrink, not a buffer replaced: no keeping back to the peak.
     h.frees_in_row = h.frees_in_row.max(2);
     h.enforce_budget();
@@ -593,12 +692,17 @@ pub fn enforce() {
 /// Purges every dirty granule and all slack now (memory pressure, malloc_trim); the bytes
 /// purged.
 pub fn purge_all() -> usize {
-    let mut h = HEAP.lock();
+    let mut h = lock();
     let before = h.purged_other;
     h.purge(true, Why::Other);
+    let purged = (h.purged_other - before) as usize;
+    drop(h);
+    // The purge happened as the guard let the lock go; regions left without a live object
+    // go back to the kernel now.
+    let mut h = lock();
     h.unmap_empty();
     h.publish();
-    (h.purged_other - before) as usize
+    purged
 }
 
 #[cold]
