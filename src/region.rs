@@ -114,10 +114,11 @@ pub struct Heap {
     purged_decay: u64,
     purged_budget: u64,
     purged_other: u64,
-    /// Whether purges of free granules wait for the guard to release the lock (the
-    /// process's heap; the unit tests' heaps purge at once), and whether a thread is doing
-    /// them now (others then purge under the lock).
-    defer: bool,
+    /// Whether purges of free granules happen at once, under the lock (the unit tests'
+    /// heaps; the process's heap leaves them to the guard, see `RegionGuard`), and whether
+    /// a thread is doing deferred ones now (others then purge under the lock). The
+    /// process's heap is all zeros, so that it stays in .bss (untouched pages cost nothing).
+    immediate: bool,
     purging: bool,
 }
 
@@ -141,7 +142,7 @@ impl Heap {
             purged_decay: 0,
             purged_budget: 0,
             purged_other: 0,
-            defer: false,
+            immediate: false,
             purging: false,
         }
     }
@@ -167,10 +168,7 @@ impl Heap {
     }
 }
 
-static HEAP: Mutex<Heap> = Mutex::new(Heap {
-    defer: true,
-    ..Heap::new()
-});
+static HEAP: Mutex<Heap> = Mutex::new(Heap::new());
 
 /// The huge heap, locked. Dropping the guard purges the granules claimed while it was held,
 /// after releasing the lock: a purge of many granules (about a millisecond per 4 MiB) does
@@ -615,7 +613,7 @@ impl Heap {
         reg.dirty_new &= !bits;
         self.dirty_granules -= bits.count_ones() as usize;
         let base = reg.base;
-        if self.defer && !self.purging {
+        if !self.immediate && !self.purging {
             reg.claimed |= bits;
             reg.used |= bits;
             let bytes = bits.count_ones() as usize * GRANULE;
@@ -729,7 +727,10 @@ mod tests {
     }
 
     fn heap_with_region() -> Heap {
-        let mut h = Heap::new();
+        let mut h = Heap {
+            immediate: true,
+            ..Heap::new()
+        };
         h.epoch_start = os::now_ns();
         assert_eq!(h.grow(), Some(0));
         h
