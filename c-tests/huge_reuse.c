@@ -9,7 +9,7 @@
  * - a block that must move to grow (a neighbour after it) into memory not yet faulted in
  *   moves without a copy where the kernel can move pages (MREMAP_DONTUNMAP): its contents
  *   come along without faulting in the target, and the place it left reads zero when
- *   calloc reuses it. */
+ *   calloc reuses it; with the huge heap full, the block copies into a mapping of its own. */
 #include "common.h"
 
 #include <malloc.h>
@@ -192,6 +192,44 @@ static void moved_growth_does_not_copy(void)
     free(b);
 }
 
+/* When the huge heap is full (256 regions of 256 MiB of address space), a huge block that
+ * must move to grow gets a mapping of its own (pages are moved only between the heap's
+ * granules): realloc keeps the contents. Run in a child: it reserves about 78 GiB of
+ * address space (nothing is touched but the blocks' headers and the two blocks). */
+static void realloc_when_huge_heap_full(void)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        FAILF("fork failed");
+        return;
+    }
+    if (pid == 0) {
+        unsigned char *a = malloc(5 * MiB);
+        unsigned char *b = malloc(5 * MiB);
+        if (!a || !b) _exit(2);
+        rs_fill(a, 5 * MiB, 11);
+        /* fill every granule of every region: 60 MiB blocks, then 2 MiB ones */
+        long big = 0, small = 0;
+        for (int i = 0; i < 1200; i++)
+            if (malloc(60 * MiB)) big++;
+        for (int i = 0; i < 1400; i++)
+            if (malloc(2 * MiB)) small++;
+        unsigned char *q = realloc(a, 9 * MiB);
+        if (!q) _exit(3);
+        if (rs_verify(q, 5 * MiB, 11) != (size_t)-1) _exit(4);
+        rs_fill(q, 9 * MiB, 12);
+        if (rs_verify(q, 9 * MiB, 12) != (size_t)-1) _exit(5);
+        printf("huge_reuse: huge heap filled with %ld + %ld blocks; realloc 5 -> 9 MiB past a neighbour kept its contents\n",
+               big, small);
+        fflush(stdout);
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "realloc of a huge block with the huge heap full: child status %#x (4/5: contents lost)", st);
+}
+
 /* Under mlockall the kernel refuses to purge (madvise DONTNEED on locked pages): memory the
  * allocator tried to give back keeps its contents, and calloc must still read zero. Run in a
  * child so that the lock stays there. */
@@ -235,6 +273,7 @@ int main(void)
     calloc_after_dirty();
     growth_keeps_contents();
     moved_growth_does_not_copy();
+    realloc_when_huge_heap_full();
     calloc_zero_when_purge_refused();
     return rs_summary("huge_reuse");
 }

@@ -376,7 +376,9 @@ fn realloc_in_region(base: usize, p: usize, old_len: usize, new_len: usize) -> *
         let qb = q as usize - OS_PAGE;
         // Into fresh granules the kernel moves the pages (a copy would fault in every page
         // of the target); into resident ones a copy is cheaper than dropping them.
-        if fresh && new_len <= region::MAX_OBJECT && move_granules(base, old_len, qb) {
+        // (The heap may be full: then the new object has a mapping of its own, which may be
+        // shorter than the whole granules a move takes.)
+        if fresh && header_of(qb).in_region == 1 && move_granules(base, old_len, qb) {
             let mut heap = region::lock();
             pagemap::unregister(base, old_len);
             heap.moved(base, old_len, qb, new_len);

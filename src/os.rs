@@ -196,17 +196,20 @@ pub fn remap_to(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> 
 /// the target, and no hole in the reservation the source lies in. False if the kernel
 /// refuses (older kernel, mapping limit); nothing moved then.
 pub fn move_pages(p: *mut u8, len: usize, target: *mut u8) -> bool {
-    // SAFETY: both ranges are private anonymous memory of ours that nothing else uses; the
-    // target's previous pages are dropped by design.
-    let r = unsafe {
-        libc::mremap(
-            p as *mut libc::c_void,
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
-            target as *mut libc::c_void,
-        )
-    };
+    // A refusal is not an error of the realloc that falls back to a copy: errno is kept.
+    let r = keep_errno(|| {
+        // SAFETY: both ranges are private anonymous memory of ours that nothing else uses;
+        // the target's previous pages are dropped by design.
+        unsafe {
+            libc::mremap(
+                p as *mut libc::c_void,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+                target as *mut libc::c_void,
+            )
+        }
+    });
     r == target as *mut libc::c_void
 }
 

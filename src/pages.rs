@@ -632,7 +632,10 @@ pub fn tick() {
 pub fn purge_all() -> usize {
     let mut h = lock();
     let n = h.purge(true);
-    h.drain_pool();
+    drop(h);
+    // The chunks the purge emptied reach the pool as the guard lets the lock go: drain it
+    // after that.
+    lock().drain_pool();
     n
 }
 
@@ -645,8 +648,9 @@ pub fn fork_parent() {
 pub fn fork_child() {
     HEAP.reset_in_child();
     // Runs and chunks a thread of the parent was purging wait for no one here: the chunks
-    // are purged now, the runs go back to the free map dirty (purged or not).
-    let mut h = HEAP.lock();
+    // are purged now, the runs go back to the free map dirty (purged or not). Chunks that
+    // leaves empty are released as the guard goes.
+    let mut h = lock();
     if h.purging {
         let m = h.nreleasing;
         for i in 0..m {

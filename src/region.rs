@@ -120,6 +120,8 @@ pub struct Heap {
     /// process's heap is all zeros, so that it stays in .bss (untouched pages cost nothing).
     immediate: bool,
     purging: bool,
+    /// Whether any region has claimed granules.
+    any_claimed: bool,
 }
 
 impl Heap {
@@ -144,12 +146,13 @@ impl Heap {
             purged_other: 0,
             immediate: false,
             purging: false,
+            any_claimed: false,
         }
     }
 
     /// Whether granules are claimed and no thread is purging them yet.
     fn has_claims(&self) -> bool {
-        !self.purging && self.regions[..self.n].iter().any(|r| r.claimed != 0)
+        !self.purging && self.any_claimed
     }
 
     /// Gives the claimed granules back: free, and clean if `purged` (else dirty: a forked
@@ -163,6 +166,7 @@ impl Heap {
             }
             reg.claimed = 0;
         }
+        self.any_claimed = false;
         self.purging = false;
         self.publish();
     }
@@ -357,7 +361,6 @@ impl Heap {
     /// are known to be zero; None when the kernel refuses a new region.
     pub fn alloc(&mut self, len: usize) -> Option<(usize, bool)> {
         debug_assert!(len <= MAX_OBJECT);
-        self.tick();
         let n = granules(len);
         let mut found = None;
         for r in 0..self.n {
@@ -375,11 +378,12 @@ impl Heap {
         if dirty & (1 << (g + n - 1)) != 0 {
             self.note_slack(r, g + n - 1, os::round_page(len) - (n - 1) * GRANULE);
         }
+        let zero = dirty == 0 && !self.purge_fails;
+        // The epoch's purge after the search: granules it claims are out of reach until the
+        // guard has purged them, and this object may as well reuse them first.
+        self.tick();
         self.publish();
-        Some((
-            self.regions[r].base + (g << CHUNK_SHIFT),
-            dirty == 0 && !self.purge_fails,
-        ))
+        Some((self.regions[r].base + (g << CHUNK_SHIFT), zero))
     }
 
     /// Maps a new region; its index.
@@ -595,6 +599,10 @@ impl Heap {
         let mut r = 0;
         while r < self.n {
             if self.regions[r].used == 0 {
+                // Freed since the purge (purge_all unmaps under a second lock): not dirty once
+                // unmapped.
+                let reg = &self.regions[r];
+                self.dirty_granules -= (reg.dirty_new | reg.dirty_old).count_ones() as usize;
                 os::unmap(self.regions[r].base as *mut u8, REGION_SIZE);
                 self.n -= 1;
                 self.regions[r] = self.regions[self.n];
@@ -616,6 +624,7 @@ impl Heap {
         if !self.immediate && !self.purging {
             reg.claimed |= bits;
             reg.used |= bits;
+            self.any_claimed = true;
             let bytes = bits.count_ones() as usize * GRANULE;
             stats::add_purged_pages(bytes / crate::config::PAGE_SIZE);
             *self.purge_counter(why) += bytes as u64;
