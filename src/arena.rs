@@ -57,12 +57,40 @@ const ARENA_INIT: Arena = Arena(Mutex::new(ArenaState {
 }));
 static ARENAS: [Arena; MAX_ARENAS] = [ARENA_INIT; MAX_ARENAS];
 
-pub fn lock(a: usize) -> Guard<'static, ArenaState> {
-    ARENAS[a % MAX_ARENAS].0.lock()
+/// An arena, locked. Dropping the guard unlocks the arena, then purges the pages the page
+/// heap claimed meanwhile (`pages::run_pending`): madvise runs with no lock held, not even
+/// this arena's, which the threads freeing blocks into it need.
+pub struct ArenaGuard(Option<Guard<'static, ArenaState>>, usize);
+
+impl core::ops::Deref for ArenaGuard {
+    type Target = ArenaState;
+    fn deref(&self) -> &ArenaState {
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
 }
 
-pub fn try_lock(a: usize) -> Option<Guard<'static, ArenaState>> {
-    ARENAS[a % MAX_ARENAS].0.try_lock()
+impl core::ops::DerefMut for ArenaGuard {
+    fn deref_mut(&mut self) -> &mut ArenaState {
+        self.0.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for ArenaGuard {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        pages::run_pending(self.1);
+    }
+}
+
+pub fn lock(a: usize) -> ArenaGuard {
+    ArenaGuard(Some(ARENAS[a % MAX_ARENAS].0.lock()), a % MAX_ARENAS)
+}
+
+pub fn try_lock(a: usize) -> Option<ArenaGuard> {
+    ARENAS[a % MAX_ARENAS]
+        .0
+        .try_lock()
+        .map(|g| ArenaGuard(Some(g), a % MAX_ARENAS))
 }
 
 fn chunk_ref<'a>(c: *mut Chunk) -> &'a mut Chunk {
@@ -128,7 +156,8 @@ impl ArenaState {
         while got < out.len() {
             let mut s = self.partial[c];
             if s.is_null() {
-                let Some((ch, idx)) = pages::lock().alloc_pages(k.pages as usize, 1) else {
+                let Some((ch, idx)) = pages::lock_in_arena(arena).alloc_pages(k.pages as usize, 1)
+                else {
                     break;
                 };
                 self.active += k.pages as usize;
@@ -149,7 +178,7 @@ impl ArenaState {
         self.taken[c] += got as u64;
         self.used += got * k.size as usize;
         self.report_used();
-        pages::tick();
+        pages::tick(arena);
         got
     }
 
@@ -189,7 +218,7 @@ impl ArenaState {
             if bulk {
                 self.peak_active = self.active;
             }
-            pages::lock().free_pages(c, head, n, bulk);
+            pages::lock_in_arena(sp.arena as usize).free_pages(c, head, n, bulk);
         } else if !sp.listed {
             self.list_push(class, s);
         }
@@ -269,7 +298,7 @@ pub fn small_is_free(p: usize) -> bool {
 /// lists agree. Holds every arena lock (in order), then the page heap's.
 pub fn check_all() {
     let n = narenas();
-    let guards: [Option<Guard<'static, ArenaState>>; MAX_ARENAS] =
+    let guards: [Option<ArenaGuard>; MAX_ARENAS] =
         core::array::from_fn(|a| if a < n { Some(lock(a)) } else { None });
     let mut listed = [[0usize; NCLASSES]; MAX_ARENAS];
     let mut used = [0usize; MAX_ARENAS];

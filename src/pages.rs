@@ -138,8 +138,15 @@ pub fn small_used() -> usize {
 }
 
 /// The page heap, locked. Dropping the guard purges the runs claimed while it was held,
-/// after releasing the lock.
-pub struct HeapGuard(Option<Guard<'static, PageHeap>>);
+/// after releasing the lock; or, for a guard taken under an arena's lock (`lock_in_arena`),
+/// leaves them to the arena's guard, which purges them once the arena is unlocked too.
+pub struct HeapGuard(Option<Guard<'static, PageHeap>>, Option<usize>);
+
+/// 1 + the arena under whose lock runs were last claimed and left for its guard (0: none).
+/// Until that guard purges them, other guards leave claims alone: a thread that merely
+/// takes the lock for a page (a large allocation) does not end up purging what another
+/// thread's bulk free claimed.
+static PARKED_BY: AtomicUsize = AtomicUsize::new(0);
 
 impl core::ops::Deref for HeapGuard {
     type Target = PageHeap;
@@ -157,6 +164,15 @@ impl core::ops::DerefMut for HeapGuard {
 impl Drop for HeapGuard {
     fn drop(&mut self) {
         let Some(mut h) = self.0.take() else { return };
+        if let Some(a) = self.1 {
+            if h.nclaimed != 0 || h.nreleasing != 0 {
+                PARKED_BY.store(a + 1, Relaxed);
+            }
+            return;
+        }
+        if PARKED_BY.load(Relaxed) != 0 {
+            return;
+        }
         // Giving the runs back may empty chunks, which are then released the same way.
         while (h.nclaimed != 0 || h.nreleasing != 0) && !h.purging {
             h.purging = true;
@@ -182,11 +198,29 @@ impl Drop for HeapGuard {
 }
 
 pub fn lock() -> HeapGuard {
-    HeapGuard(Some(HEAP.lock()))
+    HeapGuard(Some(HEAP.lock()), None)
+}
+
+/// The page heap, locked by a thread that holds arena `a`'s lock: what it claims for
+/// purging is purged by `run_pending(a)` when the arena's guard goes (see
+/// `arena::ArenaGuard`).
+pub fn lock_in_arena(a: usize) -> HeapGuard {
+    HeapGuard(Some(HEAP.lock()), Some(a))
 }
 
 pub fn try_lock() -> Option<HeapGuard> {
-    HEAP.try_lock().map(|g| HeapGuard(Some(g)))
+    HEAP.try_lock().map(|g| HeapGuard(Some(g), None))
+}
+
+/// Purges what was claimed under arena `a`'s lock, if anything: its guard calls this once
+/// the arena is unlocked.
+#[inline]
+pub fn run_pending(a: usize) {
+    if PARKED_BY.load(Relaxed) == a + 1 {
+        let h = lock();
+        PARKED_BY.store(0, Relaxed);
+        drop(h);
+    }
 }
 
 pub fn pressure_events() -> usize {
@@ -619,11 +653,12 @@ pub fn resize_large(c: *mut Chunk, idx: usize, npages: usize) -> bool {
     true
 }
 
-/// Starts a new purge epoch if the current one is over (cheap when it is not).
-pub fn tick() {
+/// Starts a new purge epoch if the current one is over (cheap when it is not); called under
+/// arena `a`'s lock (see `lock_in_arena`).
+pub fn tick(a: usize) {
     let now = os::now_ns();
     if now.wrapping_sub(EPOCH_START.load(Relaxed)) >= PURGE_EPOCH_NS.load(Relaxed) {
-        lock().tick();
+        lock_in_arena(a).tick();
     }
 }
 
@@ -647,6 +682,9 @@ pub fn fork_parent() {
 }
 pub fn fork_child() {
     HEAP.reset_in_child();
+    // Runs claimed under an arena's lock by a thread of the parent: this thread's next
+    // guard purges them.
+    PARKED_BY.store(0, Relaxed);
     // Runs and chunks a thread of the parent was purging wait for no one here: the chunks
     // are purged now, the runs go back to the free map dirty (purged or not). Chunks that
     // leaves empty are released as the guard goes.
