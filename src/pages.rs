@@ -140,7 +140,18 @@ pub fn small_used() -> usize {
 /// The page heap, locked. Dropping the guard purges the runs claimed while it was held,
 /// after releasing the lock; or, for a guard taken under an arena's lock (`lock_in_arena`),
 /// leaves them to the arena's guard, which purges them once the arena is unlocked too.
-pub struct HeapGuard(Option<Guard<'static, PageHeap>>, Option<usize>);
+pub struct HeapGuard(Option<Guard<'static, PageHeap>>, Purge);
+
+/// What a guard does with claimed runs when it goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Purge {
+    /// Purges them, unless some are parked for an arena's guard.
+    Unless,
+    /// Leaves them to arena `a`'s guard (taken under that arena's lock).
+    Park(usize),
+    /// Purges them, parked ones included (the caller must return with its purge done).
+    Now,
+}
 
 /// 1 + the arena under whose lock runs were last claimed and left for its guard (0: none).
 /// Until that guard purges them, other guards leave claims alone: a thread that merely
@@ -164,14 +175,17 @@ impl core::ops::DerefMut for HeapGuard {
 impl Drop for HeapGuard {
     fn drop(&mut self) {
         let Some(mut h) = self.0.take() else { return };
-        if let Some(a) = self.1 {
-            if h.nclaimed != 0 || h.nreleasing != 0 {
-                PARKED_BY.store(a + 1, Relaxed);
+        match self.1 {
+            Purge::Park(a) => {
+                // (While another thread purges, the claims are its own.)
+                if !h.purging && (h.nclaimed != 0 || h.nreleasing != 0) {
+                    PARKED_BY.store(a + 1, Relaxed);
+                }
+                return;
             }
-            return;
-        }
-        if PARKED_BY.load(Relaxed) != 0 {
-            return;
+            Purge::Unless if PARKED_BY.load(Relaxed) != 0 => return,
+            Purge::Now => PARKED_BY.store(0, Relaxed),
+            Purge::Unless => {}
         }
         // Giving the runs back may empty chunks, which are then released the same way.
         while (h.nclaimed != 0 || h.nreleasing != 0) && !h.purging {
@@ -198,18 +212,24 @@ impl Drop for HeapGuard {
 }
 
 pub fn lock() -> HeapGuard {
-    HeapGuard(Some(HEAP.lock()), None)
+    HeapGuard(Some(HEAP.lock()), Purge::Unless)
+}
+
+/// The page heap, locked by a caller that must return with its purge done (malloc_trim, the
+/// last thread but one exiting): its guard purges parked claims too.
+pub fn lock_now() -> HeapGuard {
+    HeapGuard(Some(HEAP.lock()), Purge::Now)
 }
 
 /// The page heap, locked by a thread that holds arena `a`'s lock: what it claims for
 /// purging is purged by `run_pending(a)` when the arena's guard goes (see
 /// `arena::ArenaGuard`).
 pub fn lock_in_arena(a: usize) -> HeapGuard {
-    HeapGuard(Some(HEAP.lock()), Some(a))
+    HeapGuard(Some(HEAP.lock()), Purge::Park(a))
 }
 
 pub fn try_lock() -> Option<HeapGuard> {
-    HEAP.try_lock().map(|g| HeapGuard(Some(g), None))
+    HEAP.try_lock().map(|g| HeapGuard(Some(g), Purge::Unless))
 }
 
 /// Purges what was claimed under arena `a`'s lock, if anything: its guard calls this once
@@ -665,12 +685,12 @@ pub fn tick(a: usize) {
 /// Purges every dirty page now and empties the pool (malloc_trim, memory pressure).
 /// Returns the pages purged.
 pub fn purge_all() -> usize {
-    let mut h = lock();
+    let mut h = lock_now();
     let n = h.purge(true);
     drop(h);
     // The chunks the purge emptied reach the pool as the guard lets the lock go: drain it
     // after that.
-    lock().drain_pool();
+    lock_now().drain_pool();
     n
 }
 

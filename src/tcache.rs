@@ -737,7 +737,7 @@ pub fn retire(tc: *mut TCache) {
         // The last thread but one left: the program is going back to one thread, maybe
         // to stay idle, and its working set may have left with the others. Give the free
         // pages back now rather than at an epoch end that needs activity to come.
-        crate::pages::lock().purge(true);
+        crate::pages::lock_now().purge(true);
     }
     let mut r = CACHES.lock();
     let t = cache_ref(tc);
