@@ -237,9 +237,7 @@ pub fn try_lock() -> Option<HeapGuard> {
 #[inline]
 pub fn run_pending(a: usize) {
     if PARKED_BY.load(Relaxed) == a + 1 {
-        let h = lock();
-        PARKED_BY.store(0, Relaxed);
-        drop(h);
+        drop(lock_now());
     }
 }
 

@@ -206,13 +206,10 @@ impl Drop for RegionGuard {
         }
         drop(h);
         let mut failed = false;
-        for &(base, mut bits) in &claims[..n] {
-            while bits != 0 {
-                let g = bits.trailing_zeros() as usize;
-                let run = (!(bits >> g)).trailing_zeros() as usize;
+        for &(base, bits) in &claims[..n] {
+            for_each_run(bits, |g, run| {
                 failed |= !os::purge((base + (g << CHUNK_SHIFT)) as *mut u8, run * GRANULE);
-                bits &= !mask(g, run);
-            }
+            });
         }
         let mut h = HEAP.lock();
         // Purged memory can no longer be trusted to read zero if the kernel refused.
@@ -241,6 +238,16 @@ pub fn fork_child() {
     let mut h = HEAP.lock();
     if h.purging {
         h.return_claims(false);
+    }
+}
+
+/// Calls `f(first, n)` for each run of adjacent set bits of `bits`, lowest first.
+fn for_each_run(mut bits: u64, mut f: impl FnMut(usize, usize)) {
+    while bits != 0 {
+        let g = bits.trailing_zeros() as usize;
+        let run = (!(bits >> g)).trailing_zeros() as usize;
+        f(g, run);
+        bits &= !mask(g, run);
     }
 }
 
@@ -297,16 +304,17 @@ impl Heap {
             // Purged memory can no longer be trusted to read zero.
             self.purge_fails = true;
         }
-        stats::add_purged_pages(len / crate::config::PAGE_SIZE);
-        *self.purge_counter(why) += len as u64;
+        self.count_purged(len, why);
     }
 
-    fn purge_counter(&mut self, why: Why) -> &mut u64 {
-        match why {
+    /// Counts `len` bytes purged (or claimed for purging) for `why`.
+    fn count_purged(&mut self, len: usize, why: Why) {
+        stats::add_purged_pages(len / crate::config::PAGE_SIZE);
+        *match why {
             Why::Decay => &mut self.purged_decay,
             Why::Budget => &mut self.purged_budget,
             Why::Other => &mut self.purged_other,
-        }
+        } += len as u64;
     }
 
     /// Marks granules `m` of region `r` used, returning which of them were dirty.
@@ -404,9 +412,9 @@ impl Heap {
         Some(r)
     }
 
-    /// Gives back the granules of the object at `base` of `len` bytes; they stay resident
-    /// until purged. `moved`: the object lives on elsewhere (realloc moved it).
-    pub fn free(&mut self, base: usize, len: usize, moved: bool) {
+    /// Takes the granules of the live object at `base` (`len` bytes) out of use, its last
+    /// granule's slack with them: the region and the mask of those granules.
+    fn unuse(&mut self, base: usize, len: usize) -> (usize, u64) {
         let (r, g) = self.find(base);
         let n = granules(len);
         let m = mask(g, n);
@@ -414,10 +422,17 @@ impl Heap {
             unreachable_region(base);
         }
         self.drop_slack(r, g + n - 1);
-        let reg = &mut self.regions[r];
-        reg.used &= !m;
-        reg.dirty_new |= m;
+        self.regions[r].used &= !m;
         self.live_granules -= n;
+        (r, m)
+    }
+
+    /// Gives back the granules of the object at `base` of `len` bytes; they stay resident
+    /// until purged. `moved`: the object lives on elsewhere (realloc moved it).
+    pub fn free(&mut self, base: usize, len: usize, moved: bool) {
+        let (r, m) = self.unuse(base, len);
+        let n = m.count_ones() as usize;
+        self.regions[r].dirty_new |= m;
         self.dirty_granules += n;
         self.last_freed = n;
         if BIG_ALLOC_SEEN.swap(false, Relaxed) {
@@ -436,15 +451,8 @@ impl Heap {
     /// `alloc`): the old granules are free and read zero. When both objects have as many
     /// granules, the new one's last granule holds old data past its end: slack.
     pub fn moved(&mut self, old_base: usize, old_len: usize, new_base: usize, new_len: usize) {
-        let (r, g) = self.find(old_base);
+        self.unuse(old_base, old_len);
         let n = granules(old_len);
-        let m = mask(g, n);
-        if self.regions[r].used & m != m {
-            unreachable_region(old_base);
-        }
-        self.drop_slack(r, g + n - 1);
-        self.regions[r].used &= !m;
-        self.live_granules -= n;
         if granules(new_len) == n {
             let (nr, ng) = self.find(new_base);
             if self.regions[nr].slack[ng + n - 1] == 0 {
@@ -615,7 +623,7 @@ impl Heap {
     /// Purges the dirty free granules `bits` of region `r`, one madvise per run of adjacent
     /// ones; they are clean afterwards. In the process's heap they are only claimed here,
     /// for the guard to purge once the lock is released (see `RegionGuard`).
-    fn purge_free(&mut self, r: usize, mut bits: u64, why: Why) {
+    fn purge_free(&mut self, r: usize, bits: u64, why: Why) {
         let reg = &mut self.regions[r];
         reg.dirty_old &= !bits;
         reg.dirty_new &= !bits;
@@ -625,17 +633,12 @@ impl Heap {
             reg.claimed |= bits;
             reg.used |= bits;
             self.any_claimed = true;
-            let bytes = bits.count_ones() as usize * GRANULE;
-            stats::add_purged_pages(bytes / crate::config::PAGE_SIZE);
-            *self.purge_counter(why) += bytes as u64;
+            self.count_purged(bits.count_ones() as usize * GRANULE, why);
             return;
         }
-        while bits != 0 {
-            let g = bits.trailing_zeros() as usize;
-            let run = (!(bits >> g)).trailing_zeros() as usize;
-            self.purge_range(base + (g << CHUNK_SHIFT), run * GRANULE, why);
-            bits &= !mask(g, run);
-        }
+        for_each_run(bits, |g, run| {
+            self.purge_range(base + (g << CHUNK_SHIFT), run * GRANULE, why)
+        });
     }
 
     /// Purges what has been dirty (or slack) since before this epoch, or everything if
