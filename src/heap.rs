@@ -11,10 +11,10 @@ use crate::arena;
 use crate::config::{CHUNK_SIZE, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SMALL_MAX};
 use crate::huge;
 use crate::init;
-use crate::pagemap::{self, KIND_CHUNK, KIND_HUGE, KIND_MASK};
+use crate::pagemap::{self, FlatView, KIND_CHUNK, KIND_HUGE, KIND_MASK};
 use crate::pages;
 use crate::report::fatal;
-use crate::size_class::{self, class_of, CLASSES};
+use crate::size_class::{self, class_of, BlockChecks, CLASSES};
 use crate::span::{Chunk, KIND_LARGE};
 use crate::tcache::{self, TCache};
 
@@ -46,21 +46,27 @@ fn chunk_ref<'a>(base: usize) -> &'a Chunk {
 /// a multiple of the class size below the span's block count.
 #[inline(always)]
 fn small_block_bin(a: usize) -> Option<usize> {
-    if !pagemap::is_chunk(a) {
-        return None;
-    }
-    let in_chunk = a & (CHUNK_SIZE - 1);
-    block_bin_in_chunk(a - in_chunk, in_chunk)
+    small_block_bin_in(a, &pagemap::flat(), &size_class::BLOCK_CHECKS)
 }
 
-/// The bin offset of byte `in_chunk` of the chunk at `base` when a small block starts there.
+/// `small_block_bin` with the flat map and block checks a thread cache holds copies of.
 #[inline(always)]
-fn block_bin_in_chunk(base: usize, in_chunk: usize) -> Option<usize> {
-    let pi = chunk_ref(base).info[in_chunk >> PAGE_SHIFT];
-    // span_off <= in_chunk on every page of a span; other pages have bin 0 and fail anyway.
-    let off = (in_chunk as u32).wrapping_sub(pi.span_off) as usize;
+fn small_block_bin_in(a: usize, flat: &FlatView, checks: &BlockChecks) -> Option<usize> {
+    if !flat.covers(a) {
+        return None;
+    }
+    block_bin_in_chunk(a & !(CHUNK_SIZE - 1), a, checks)
+}
+
+/// The bin offset of the small block starting at `a`, in the chunk at `base`, if one does.
+#[inline(always)]
+fn block_bin_in_chunk(base: usize, a: usize, checks: &BlockChecks) -> Option<usize> {
+    let pi = chunk_ref(base).info[(a - base) >> PAGE_SHIFT];
+    // The span starts at or below `a` on every page of a span, in the same chunk, so the low
+    // halves' difference is the offset; other pages have bin 0 and fail anyway.
+    let off = (a as u32).wrapping_add(pi.span_neg) as usize;
     let bin = pi.bin as usize;
-    if size_class::is_block_start_at(bin, off) {
+    if size_class::is_block_start_at(checks, bin, off) {
         Some(bin)
     } else {
         None
@@ -80,7 +86,7 @@ pub fn locate(p: usize) -> Located {
     match e & KIND_MASK {
         KIND_CHUNK => {
             let c = e & !KIND_MASK;
-            if let Some(bin) = block_bin_in_chunk(c, p - c) {
+            if let Some(bin) = block_bin_in_chunk(c, p, &size_class::BLOCK_CHECKS) {
                 return Located::Small(size_class::class_of_bin(bin));
             }
             let ch = chunk_ref(c);
@@ -257,10 +263,11 @@ pub fn calloc(size: usize) -> *mut u8 {
 
 #[inline(always)]
 pub fn free(p: *mut u8) {
-    if let Some(bin) = small_block_bin(p as usize) {
+    let tc = tcache::current();
+    if let Some(bin) = small_block_bin_in(p as usize, tcache::flat(tc), tcache::checks(tc)) {
         let secret = init::secret();
         if !has_mark(p, secret) {
-            return free_small_at(p, bin, secret);
+            return free_small_at(tc, p, bin, secret);
         }
     }
     free_checked(p, "free")
@@ -269,13 +276,13 @@ pub fn free(p: *mut u8) {
 /// Frees `p`, a validated live small block of class `c`.
 #[inline(always)]
 fn free_small(p: *mut u8, c: usize) {
-    free_small_at(p, size_class::bin_of_class(c), init::secret())
+    free_small_at(tcache::current(), p, size_class::bin_of_class(c), init::secret())
 }
 
 /// `free_small` by bin offset, with the secret already loaded.
 #[inline(always)]
-fn free_small_at(p: *mut u8, bin: usize, secret: u64) {
-    if tcache::push_at(tcache::current(), bin, p, secret) {
+fn free_small_at(tc: *mut TCache, p: *mut u8, bin: usize, secret: u64) {
+    if tcache::push_at(tc, bin, p, secret) {
         return;
     }
     tcache::free_slow(p, size_class::class_of_bin(bin), secret)

@@ -10,7 +10,7 @@
 //!
 //! Beside the tree, for the free fast path: a flat byte per 4 MiB unit of the 47-bit user
 //! address space (32 MiB of address space, read-only zero pages until a chunk's byte is
-//! written), 1 where a chunk lives. Chunks are 4 MiB-aligned, so `is_chunk` is one shift,
+//! written), 1 where a chunk lives. Chunks are 4 MiB-aligned, so `FlatView::covers` is one shift,
 //! one compare and one byte load, against two dependent loads and a null test in the tree.
 
 use core::ptr::null_mut;
@@ -43,36 +43,90 @@ const FLAT_LEN: usize = 1 << (47 - CHUNK_SHIFT);
 static FLAT: AtomicPtr<u8> = AtomicPtr::new(null_mut());
 static FLAT_UNITS: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether a chunk of ours (4 MiB-aligned) covers `addr`: then its header is mapped.
-#[inline(always)]
-pub fn is_chunk(addr: usize) -> bool {
-    let unit = addr >> CHUNK_SHIFT;
-    // An address above the user space (or an alias with high bits set) is no unit.
-    if unit >= FLAT_UNITS.load(Ordering::Acquire) {
-        return false;
+/// The flat map as a reader holds it: a thread cache keeps a copy (plain fields, so the free
+/// fast path compares against them in place), taken when the map is already mapped.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct FlatView {
+    map: *const u8,
+    /// Units `map` covers: FLAT_LEN, or 0 (no map: every answer is false).
+    units: usize,
+}
+
+/// A view that covers nothing (caches of threads that have none, and of processes where the
+/// map could not be reserved): their frees take the checked path.
+pub const NO_FLAT: FlatView = FlatView {
+    map: null_mut(),
+    units: 0,
+};
+
+impl FlatView {
+    /// Whether a chunk of ours (4 MiB-aligned) covers `addr`: then its header is mapped.
+    #[inline(always)]
+    pub fn covers(&self, addr: usize) -> bool {
+        let unit = addr >> CHUNK_SHIFT;
+        // An address above the user space (or an alias with high bits set) is no unit.
+        if unit >= self.units {
+            return false;
+        }
+        // SAFETY: a view with units != 0 holds the map, which stays mapped (readable) forever.
+        unsafe { *self.map.add(unit) == 1 }
     }
-    // SAFETY: FLAT was published before FLAT_UNITS and maps FLAT_UNITS readable bytes forever.
-    unsafe { *FLAT.load(Ordering::Relaxed).add(unit) == 1 }
+}
+
+/// The flat map as it is now (for paths without a cache's copy); NO_FLAT before the first
+/// chunk.
+#[inline(always)]
+pub fn flat() -> FlatView {
+    // FLAT was published before FLAT_UNITS (Release), so a non-zero count sees the map.
+    let units = FLAT_UNITS.load(Ordering::Acquire);
+    let map = FLAT.load(Ordering::Relaxed);
+    FlatView { map, units }
+}
+
+/// The flat map, reserved now if no chunk has needed it yet; NO_FLAT when the kernel refuses
+/// its 32 MiB of address space.
+pub fn flat_view() -> FlatView {
+    let _g = GROW.lock();
+    let map = reserve_flat();
+    if map.is_null() {
+        NO_FLAT
+    } else {
+        FlatView {
+            map,
+            units: FLAT_LEN,
+        }
+    }
+}
+
+/// The flat map, reserving it on first use (under GROW); null if it cannot be.
+fn reserve_flat() -> *mut u8 {
+    let flat = FLAT.load(Ordering::Relaxed);
+    if !flat.is_null() {
+        return flat;
+    }
+    let flat = os::reserve_zeros(FLAT_LEN);
+    if !flat.is_null() {
+        FLAT.store(flat, Ordering::Relaxed);
+        FLAT_UNITS.store(FLAT_LEN, Ordering::Release);
+    }
+    flat
 }
 
 /// Marks or clears the flat map's byte of chunk unit `unit` (under GROW). The map is created
-/// on the first chunk; without it (the kernel refused 32 MiB of address space) `is_chunk`
-/// answers false and every free takes the tree.
+/// on the first chunk (or thread cache); without it (the kernel refused 32 MiB of address
+/// space) `FlatView::covers` answers false and every free takes the tree.
 fn flat_set(unit: usize, on: bool) {
     if unit >= FLAT_LEN {
         return;
     }
-    let mut flat = FLAT.load(Ordering::Relaxed);
+    let flat = if on {
+        reserve_flat()
+    } else {
+        FLAT.load(Ordering::Relaxed)
+    };
     if flat.is_null() {
-        if !on {
-            return;
-        }
-        flat = os::reserve_zeros(FLAT_LEN);
-        if flat.is_null() {
-            return;
-        }
-        FLAT.store(flat, Ordering::Relaxed);
-        FLAT_UNITS.store(FLAT_LEN, Ordering::Release);
+        return;
     }
     // SAFETY: unit < FLAT_LEN, inside the mapping.
     let b = unsafe { flat.add(unit) };
@@ -210,17 +264,17 @@ mod tests {
     #[test]
     fn flat_map_marks_chunks_only() {
         let base = 0x3c3c_0000_0000usize & !((1 << CHUNK_SHIFT) - 1);
-        assert!(!is_chunk(base));
+        assert!(!flat().covers(base));
         assert!(register(base, 1 << CHUNK_SHIFT, base | KIND_CHUNK));
-        assert!(is_chunk(base) && is_chunk(base + (1 << CHUNK_SHIFT) - 1));
-        assert!(!is_chunk(base + (1 << CHUNK_SHIFT)) && !is_chunk(base - 1));
+        assert!(flat().covers(base) && flat().covers(base + (1 << CHUNK_SHIFT) - 1));
+        assert!(!flat().covers(base + (1 << CHUNK_SHIFT)) && !flat().covers(base - 1));
         // an alias with high bits set is no chunk
-        assert!(!is_chunk(base | 1 << 60));
+        assert!(!flat().covers(base | 1 << 60));
         let huge = base + (8 << CHUNK_SHIFT);
         assert!(register(huge, 1 << CHUNK_SHIFT, huge | KIND_HUGE));
-        assert!(!is_chunk(huge));
+        assert!(!flat().covers(huge));
         unregister(huge, 1 << CHUNK_SHIFT);
         unregister(base, 1 << CHUNK_SHIFT);
-        assert!(!is_chunk(base));
+        assert!(!flat().covers(base));
     }
 }

@@ -105,6 +105,14 @@ pub struct BlockCheck {
 /// which no offset passes.
 const CHECKS_LEN: usize = NCLASSES + 1;
 
+/// Every class's check, at byte offset 16 × (class + 1). A thread cache holds a copy, so that
+/// the free fast path addresses it from the cache pointer it has in hand.
+pub type BlockChecks = [BlockCheck; CHECKS_LEN];
+
+/// Checks no offset passes (the caches of threads that have none: their frees take the
+/// checked path).
+pub const NO_CHECKS: BlockChecks = [BlockCheck { m: 0, threshold: 0 }; CHECKS_LEN];
+
 const fn build_checks() -> [BlockCheck; CHECKS_LEN] {
     let mut t = [BlockCheck { m: 0, threshold: 0 }; CHECKS_LEN];
     let mut c = 0;
@@ -122,23 +130,23 @@ const fn build_checks() -> [BlockCheck; CHECKS_LEN] {
     t
 }
 
-static BLOCK_CHECKS: [BlockCheck; CHECKS_LEN] = build_checks();
+pub static BLOCK_CHECKS: BlockChecks = build_checks();
 
 /// Whether byte offset `off` of a span of class `c` is the start of one of its blocks; `off`
 /// must lie inside the span's pages (below pages × PAGE_SIZE).
 #[cfg(test)]
 fn is_block_start(c: usize, off: usize) -> bool {
-    is_block_start_at(bin_of_class(c), off)
+    is_block_start_at(&BLOCK_CHECKS, bin_of_class(c), off)
 }
 
 /// `is_block_start` for the class whose bin offset (16 × (class + 1), `PageInfo::bin`) is
 /// `bin`; false for 0 (a page that is not small). `bin` must be 0 or such an offset.
 #[inline(always)]
-pub(crate) fn is_block_start_at(bin: usize, off: usize) -> bool {
+pub(crate) fn is_block_start_at(checks: &BlockChecks, bin: usize, off: usize) -> bool {
     debug_assert!(bin.is_multiple_of(16) && bin / 16 < CHECKS_LEN);
     // SAFETY: the entries are 16 bytes, so byte offset `bin` (0 or 16 × (class + 1), the
     // only values PageInfo::new stores) is entry bin / 16 < CHECKS_LEN.
-    let k = unsafe { &*((BLOCK_CHECKS.as_ptr() as *const u8).add(bin) as *const BlockCheck) };
+    let k = unsafe { &*((checks.as_ptr() as *const u8).add(bin) as *const BlockCheck) };
     (off as u64).wrapping_mul(k.m) < k.threshold
 }
 
@@ -303,7 +311,7 @@ mod tests {
         }
         // pages that are not small reject every offset
         for off in [0, 16, 4096, 1 << 20] {
-            assert!(!is_block_start_at(0, off));
+            assert!(!is_block_start_at(&BLOCK_CHECKS, 0, off));
         }
     }
 }

@@ -42,18 +42,22 @@ pub struct PageInfo {
     /// What the free path needs, precomputed: 16 × kind for a page of a small span (the
     /// offset of the class's bin in a thread cache and of its block check), 0 otherwise;
     pub bin: u16,
-    /// and the span's byte offset in the chunk (head << PAGE_SHIFT).
-    pub span_off: u32,
+    /// and the low 32 bits of the span's address, negated: a block's offset in its span is
+    /// its address's low half plus this (modulo 2^32: a chunk is 4 MiB, aligned), with no
+    /// masking of the block's address, and one add that takes this operand from memory.
+    pub span_neg: u32,
 }
 
 impl PageInfo {
-    pub const fn new(kind: u8, head: usize) -> PageInfo {
+    /// The info of a page of the span (or large object, or free run) starting at page `head`
+    /// of the chunk at `base`.
+    pub const fn new(kind: u8, head: usize, base: usize) -> PageInfo {
         let small = kind != KIND_NONE && kind != KIND_LARGE;
         PageInfo {
             kind,
             head: head as u8,
             bin: if small { kind as u16 * 16 } else { 0 },
-            span_off: (head << PAGE_SHIFT) as u32,
+            span_neg: ((base + (head << PAGE_SHIFT)) as u32).wrapping_neg(),
         }
     }
 }
@@ -278,7 +282,7 @@ impl Chunk {
     /// a purge. Returns how many of them became dirty.
     pub fn free_pages(&mut self, idx: usize, n: usize) -> usize {
         for i in idx..idx + n {
-            self.info[i] = PageInfo::new(KIND_NONE, 0);
+            self.info[i] = PageInfo::new(KIND_NONE, 0, 0);
         }
         set_bits(&mut self.free, idx, n, true);
         set_bits(&mut self.dirty_new, idx, n, true);
@@ -389,16 +393,18 @@ impl Chunk {
         // reader that finds the new span head through a page info finds its new owner too
         // (see `arena::small_is_free`).
         core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        let base = self.base();
         for i in idx..idx + k.pages as usize {
-            self.info[i] = PageInfo::new(kind, idx);
+            self.info[i] = PageInfo::new(kind, idx, base);
         }
         &mut self.spans[idx] as *mut Span
     }
 
     /// Makes pages `idx..idx+n` one large object.
     pub fn make_large(&mut self, idx: usize, n: usize) -> *mut Span {
+        let base = self.base();
         for i in idx..idx + n {
-            self.info[i] = PageInfo::new(KIND_LARGE, idx);
+            self.info[i] = PageInfo::new(KIND_LARGE, idx, base);
         }
         let s = &mut self.spans[idx];
         s.kind = KIND_LARGE;

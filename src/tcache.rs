@@ -20,7 +20,8 @@ use crate::config::{narenas, MAX_ARENAS, TCACHE_BYTES};
 use crate::init;
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
-use crate::size_class::{self, CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES};
+use crate::pagemap::{self, FlatView, NO_FLAT};
+use crate::size_class::{self, BlockChecks, CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES, NO_CHECKS};
 use crate::span::Chunk;
 use crate::stats;
 use crate::tls;
@@ -44,6 +45,12 @@ pub struct TCache {
     /// malloc calls served per class (statistics; read racily by the report), in the first
     /// word of 16 so that the fast path addresses it with the bin's offset.
     nmalloc: [[u64; 2]; NCLASSES],
+    /// Copies of what the free fast path validates a block with — the flat chunk map and the
+    /// block checks (at the bin's offset, like the bins) — so that it addresses both from the
+    /// cache pointer it needs anyway. UNSET and DEAD hold ones no address passes: a thread
+    /// without a cache frees through the checked path.
+    checks: BlockChecks,
+    flat: FlatView,
     /// Each stack's first slot (slot `base - 1` holds null) and capacity. A stack lives at
     /// `home` (room for capacity(c), packed with the other classes' so that a new cache
     /// touches few pages) until it grows past that, then at `grown` (room for
@@ -90,6 +97,8 @@ const fn empty_cache() -> TCache {
         },
         bins: [Bin { top, end: top }; NCLASSES],
         nmalloc: [[0; 2]; NCLASSES],
+        checks: NO_CHECKS,
+        flat: NO_FLAT,
         base: [top; NCLASSES],
         home: [top; NCLASSES],
         grown: [top; NCLASSES],
@@ -275,6 +284,21 @@ fn count(t: &TCache, c: usize) -> usize {
     unsafe { t.bins[c].top.offset_from(t.base[c]) as usize }
 }
 
+/// The flat chunk map as cache `tc` (this thread's, UNSET or DEAD) holds it.
+#[inline(always)]
+pub fn flat<'a>(tc: *mut TCache) -> &'a FlatView {
+    // SAFETY: `tc` points at a cache that lives forever; `flat` is written only by the
+    // owning thread, when it creates the cache.
+    unsafe { &(*tc).flat }
+}
+
+/// The block checks as cache `tc` (this thread's, UNSET or DEAD) holds them.
+#[inline(always)]
+pub fn checks<'a>(tc: *mut TCache) -> &'a BlockChecks {
+    // SAFETY: as for `flat`.
+    unsafe { &(*tc).checks }
+}
+
 fn cache_ref<'a>(tc: *mut TCache) -> &'a mut TCache {
     // SAFETY: callers pass this thread's own live cache (never DEAD when writing).
     unsafe { &mut *tc }
@@ -403,6 +427,8 @@ pub fn get_or_create() -> *mut TCache {
     t.bypass_left = 0;
     t.overflowed = 0;
     t.nmalloc = [[0; 2]; NCLASSES];
+    t.checks = size_class::BLOCK_CHECKS;
+    t.flat = pagemap::flat_view();
     {
         let mut r = CACHES.lock();
         t.prev_live = null_mut();
