@@ -94,13 +94,7 @@ const OPTIONS: [Opt; 6] = [
 pub static VERBOSE: AtomicBool = AtomicBool::new(false);
 
 fn env(name: &[u8]) -> Option<&'static [u8]> {
-    // SAFETY: `name` is NUL-terminated by every caller; getenv neither allocates nor keeps it.
-    let p = unsafe { libc::getenv(name.as_ptr() as *const libc::c_char) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: getenv returned a NUL-terminated string that lives as long as the environment.
-    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+    crate::os::getenv(name.strip_suffix(b"\0").unwrap_or(name))
 }
 
 fn parse_u64(s: &[u8]) -> Option<u64> {

@@ -46,6 +46,7 @@ fn init_slow() {
         return;
     }
     SECRET.store(os::random_u64() | 1, Ordering::Relaxed);
+    tcache::init();
     config::init(os::cpu_count());
     if config::VERBOSE.load(Ordering::Relaxed) {
         let mut w = crate::report::Writer::new(crate::report::Sink::Stderr);

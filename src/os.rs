@@ -230,18 +230,56 @@ pub fn now_ns() -> u64 {
 }
 
 /// CPUs this process may run on (sched_getaffinity: no allocation, unlike some sysconf paths).
+/// Through `syscall`, like every system call here that glibc's own malloc does not make: a
+/// libc function the program never calls costs a fault-around window of libc's text (up to
+/// 64 KiB of resident file pages) in every process; `syscall` sits next to mmap.
 pub fn cpu_count() -> usize {
     // SAFETY: cpu_set_t is plain data; zeroed is its empty value.
     let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `set` is a valid, correctly sized out-parameter.
-    let r =
-        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
+    // SAFETY: `set` is a valid, correctly sized out-parameter; the kernel returns the bytes
+    // it wrote (>= 0) or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            core::mem::size_of::<libc::cpu_set_t>(),
+            &mut set as *mut libc::cpu_set_t,
+        )
+    };
+    if r < 0 {
         return 1;
     }
     // SAFETY: `set` was filled by the kernel above.
     let n = unsafe { libc::CPU_COUNT(&set) };
     (n.max(1)) as usize
+}
+
+extern "C" {
+    /// The process's environment (glibc's `environ`: set before any constructor runs).
+    static environ: *const *const u8;
+}
+
+/// The value of environment variable `name` (without its NUL), read from `environ` by hand:
+/// glibc's getenv would bring its strncmp's pages of libc text into the process (see
+/// `cpu_count`).
+pub fn getenv(name: &[u8]) -> Option<&'static [u8]> {
+    // SAFETY: `environ` is a null-terminated array of NUL-terminated "NAME=value" strings
+    // that live as long as the environment; the options are read at initialisation, before
+    // the program can change it from another thread.
+    unsafe {
+        let mut e = environ;
+        if e.is_null() {
+            return None;
+        }
+        while !(*e).is_null() {
+            let s = core::ffi::CStr::from_ptr(*e as *const core::ffi::c_char).to_bytes();
+            if let Some(v) = s.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
+                return Some(v);
+            }
+            e = e.add(1);
+        }
+    }
+    None
 }
 
 /// 64 random bits from the kernel's AT_RANDOM bytes, mixed with the clock and an address.
@@ -307,6 +345,6 @@ pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
 
 /// Yields the CPU (used while spinning on a lock whose holder may be preempted).
 pub fn yield_now() {
-    // SAFETY: sched_yield has no preconditions.
-    unsafe { libc::sched_yield() };
+    // SAFETY: sched_yield has no arguments and no preconditions (a syscall: see cpu_count).
+    unsafe { libc::syscall(libc::SYS_sched_yield) };
 }

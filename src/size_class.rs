@@ -157,7 +157,7 @@ const fn smallest_class_for(size: usize) -> u8 {
     }
     c as u8
 }
-const LUT_LEN: usize = 4096;
+const LUT_LEN: usize = SMALL_MAX / 16 + 1;
 const fn build_lut() -> [u16; LUT_LEN] {
     let mut t = [0u16; LUT_LEN];
     let mut i = 0;
@@ -167,9 +167,8 @@ const fn build_lut() -> [u16; LUT_LEN] {
     }
     t
 }
-// One entry per 16 bytes up to SMALL_MAX (4 KiB of it is ever read), padded to a power of
-// two so that a mask, not a bounds check, keeps the index in range: one load, no branch.
-// Entries are 16 × (class + 1): the byte offset of the class's bin in a thread cache, so
+// One entry per 16 bytes up to SMALL_MAX (4 KiB of read-only data; padding it to a power of
+// two for a mask would map 4 KiB more in every process). Entries are 16 × (class + 1): the byte offset of the class's bin in a thread cache, so
 // malloc's fast path uses the loaded value as it is.
 static LUT: [u16; LUT_LEN] = build_lut();
 
@@ -196,7 +195,8 @@ pub fn class_of_bin(bin: usize) -> usize {
 #[inline(always)]
 pub fn bin_offset_of(size: usize) -> usize {
     debug_assert!(size <= SMALL_MAX);
-    LUT[((size + 15) >> 4) & (LUT_LEN - 1)] as usize
+    // The clamp costs nothing where the caller has checked size <= SMALL_MAX (malloc).
+    LUT[((size + 15) >> 4).min(LUT_LEN - 1)] as usize
 }
 
 #[inline(always)]

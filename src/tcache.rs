@@ -99,9 +99,11 @@ const fn empty_cache() -> TCache {
         nmalloc: [[0; 2]; NCLASSES],
         checks: NO_CHECKS,
         flat: NO_FLAT,
-        base: [top; NCLASSES],
-        home: [top; NCLASSES],
-        grown: [top; NCLASSES],
+        // Read only for live caches: null needs no relocation at load (these two caches sit
+        // in relocated read-only data, every pointer of theirs 24 bytes of relocation).
+        base: [null_mut(); NCLASSES],
+        home: [null_mut(); NCLASSES],
+        grown: [null_mut(); NCLASSES],
         cap: [0; NCLASSES],
         refilled: [false; NCLASSES],
         batch: [0; NCLASSES],
@@ -120,13 +122,30 @@ const _: () = assert!(core::mem::offset_of!(TCache, bins) == 16);
 const _: () = assert!(core::mem::size_of::<Bin>() == 16);
 
 pub struct SyncCache(TCache);
-// SAFETY: both static caches have no room anywhere, so no thread ever writes to them.
+// SAFETY: UNSET has no room anywhere, so no thread ever writes to it.
 unsafe impl Sync for SyncCache {}
 /// What a thread's slot points at before its first call: sends every call to the slow path,
 /// which creates the thread's cache.
 pub static UNSET: SyncCache = SyncCache(empty_cache());
+
+struct DeadCache(core::cell::UnsafeCell<TCache>);
+// SAFETY: written once, by `init`, before initialisation is published (READY, Release);
+// read only by threads that saw READY (a thread exits, or finds no memory for a cache,
+// after its first call initialised the allocator). It has no room, so nothing writes it
+// after `init`.
+unsafe impl Sync for DeadCache {}
 /// What the slot points at after thread exit: the slow paths see it and use the arenas.
-static DEAD: SyncCache = SyncCache(empty_cache());
+/// All zeros (.bss) but for its bins, which `init` points at the null slot: in relocated
+/// data, like UNSET, it would cost every process a page and 2 KiB of relocations.
+// SAFETY: every field of TCache (raw pointers, integers, bools) is valid as zeros.
+static DEAD: DeadCache = DeadCache(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+/// Makes DEAD an empty cache like UNSET (see DEAD); called once, at initialisation.
+pub fn init() {
+    let top = UNSET.0.bins[0].top;
+    // SAFETY: see DeadCache: no other thread reads DEAD before initialisation is published.
+    unsafe { (*DEAD.0.get()).bins = [Bin { top, end: top }; NCLASSES] };
+}
 
 /// The option's byte budget per class, read once, when the first cache is laid out: every
 /// cache has the same layout (`mapping_len`, the stacks' places) for the life of the process,
@@ -264,7 +283,7 @@ fn pick_arena() -> usize {
 
 #[inline(always)]
 fn dead() -> *mut TCache {
-    &DEAD.0 as *const TCache as *mut TCache
+    DEAD.0.get()
 }
 
 #[inline(always)]
