@@ -150,12 +150,29 @@ impl ArenaState {
     }
 
     /// Fills `out` with free blocks of class `c`; returns how many (0 only when out of memory).
-    pub fn take_small(&mut self, arena: usize, c: usize, out: &mut [*mut u8]) -> usize {
+    /// With `grouped` (an arena more than one thread allocates from), blocks come in whole
+    /// cache lines (`Span::take_groups`): spans whose free blocks form no whole group are
+    /// passed over, up to SKIP_SPANS of them, before a new span is made.
+    pub fn take_small(
+        &mut self,
+        arena: usize,
+        c: usize,
+        out: &mut [*mut u8],
+        grouped: bool,
+    ) -> usize {
+        const SKIP_SPANS: usize = 8;
         let k = size_class::info(c);
+        let g = if grouped {
+            size_class::line_group(c)
+        } else {
+            1
+        };
         let mut got = 0;
-        while got < out.len() {
-            let mut s = self.partial[c];
-            if s.is_null() {
+        let mut s = self.partial[c];
+        let mut skipped = 0;
+        // (A group past a span's last block is short: what is left may be less than a group.)
+        while got + g <= out.len() {
+            if s.is_null() || skipped == SKIP_SPANS {
                 let Some((ch, idx)) = pages::lock_in_arena(arena).alloc_pages(k.pages as usize, 1)
                 else {
                     break;
@@ -166,13 +183,27 @@ impl ArenaState {
                 self.spans[c] += 1;
                 s = chunk_ref(ch).make_small(idx, c, arena);
                 self.list_push(c, s);
+                skipped = 0;
             }
             let ch = chunk_ref(Chunk::of(s as usize));
             let base = ch.page_addr(ch.index_of_span(s));
             let sp = span_ref(s);
-            got += sp.take_blocks(base, k.size as usize, &mut out[got..]);
+            let next = sp.next;
+            let n = if g == 1 {
+                sp.take_blocks(base, k.size as usize, &mut out[got..])
+            } else {
+                sp.take_groups(base, k.size as usize, &mut out[got..], g)
+            };
+            got += n;
             if sp.nfree == 0 {
                 self.list_remove(c, s);
+            }
+            if got + g <= out.len() {
+                // This span has no more (whole groups of) free blocks.
+                if n == 0 {
+                    skipped += 1;
+                }
+                s = next;
             }
         }
         self.taken[c] += got as u64;
@@ -269,11 +300,11 @@ impl ArenaState {
 /// Small blocks of class `c` from arena `first`, or, when it cannot get memory (address space
 /// exhausted), from any other arena that still has free blocks: memory one thread freed stays
 /// usable by every thread.
-pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8]) -> usize {
+pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8], grouped: bool) -> usize {
     let n = narenas();
     (0..n)
         .map(|i| (first + i) % n)
-        .map(|a| lock(a).take_small(a, c, out))
+        .map(|a| lock(a).take_small(a, c, out, grouped))
         .find(|&got| got > 0)
         .unwrap_or(0)
 }

@@ -276,7 +276,12 @@ pub fn free(p: *mut u8) {
 /// Frees `p`, a validated live small block of class `c`.
 #[inline(always)]
 fn free_small(p: *mut u8, c: usize) {
-    free_small_at(tcache::current(), p, size_class::bin_of_class(c), init::secret())
+    free_small_at(
+        tcache::current(),
+        p,
+        size_class::bin_of_class(c),
+        init::secret(),
+    )
 }
 
 /// `free_small` by bin offset, with the secret already loaded.

@@ -2,7 +2,7 @@
 //!
 //! The first `malloc` may come from the dynamic loader or libc before any constructor runs,
 //! so initialisation happens lazily on the first slow-path call and uses nothing that
-//! allocates: the options come from `getenv`, the CPU count from `sched_getaffinity`, the
+//! allocates: the options come from `environ`, the CPU count from `sched_getaffinity`, the
 //! secret from the kernel's AT_RANDOM bytes. Thread exit is a pthread key destructor (glibc
 //! keeps the first 32 keys' values in the thread descriptor, no allocation). Fork takes every
 //! allocator lock in the parent before the fork and releases (parent) or resets (child) them

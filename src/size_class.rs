@@ -204,6 +204,13 @@ pub fn info(c: usize) -> &'static ClassInfo {
     &CLASSES[c]
 }
 
+/// Blocks of class `c` that cover whole 64-byte cache lines together (1 for sizes that are
+/// multiples of 64; 2 or 4 below): taking blocks in aligned groups of this many gives each
+/// taker lines of its own (spans start page-aligned).
+pub fn line_group(c: usize) -> usize {
+    64 >> CLASSES[c].size.trailing_zeros().min(6)
+}
+
 /// Block index of a byte offset inside a span of class `c`, by multiplication.
 #[inline(always)]
 pub fn block_index(c: &ClassInfo, off: usize) -> usize {

@@ -446,6 +446,59 @@ impl Span {
         got
     }
 
+    /// `take_blocks` in whole groups of `g` blocks (2 or 4, at multiples of `g`) whose
+    /// blocks are all free: a group of a class whose size is not a multiple of 64 bytes
+    /// covers whole cache lines (`size_class::line_group`), so blocks taken in groups by two
+    /// threads never share a line. Blocks past the span's last count as free (no other block
+    /// lies on their lines). Takes whole groups only, at most `out.len()` blocks.
+    pub fn take_groups(
+        &mut self,
+        base: usize,
+        size: usize,
+        out: &mut [*mut u8],
+        g: usize,
+    ) -> usize {
+        debug_assert!(g == 2 || g == 4);
+        let heads_mask = if g == 2 {
+            0x5555_5555_5555_5555u64
+        } else {
+            0x1111_1111_1111_1111u64
+        };
+        let n = self.nblocks as usize;
+        let mut got = 0;
+        for w in 0..n.div_ceil(64) {
+            if got + g > out.len() {
+                break;
+            }
+            let mut word = self.bitmap[w];
+            let past_end = if (w + 1) * 64 > n {
+                !0u64 << (n - w * 64)
+            } else {
+                0
+            };
+            let f = word | past_end;
+            let mut heads = f & (f >> 1) & heads_mask;
+            if g == 4 {
+                heads &= (f >> 2) & (f >> 3);
+            }
+            while heads != 0 && got + g <= out.len() {
+                let h = heads.trailing_zeros() as usize;
+                heads &= heads - 1;
+                let mut group = word & (((1u64 << g) - 1) << h);
+                word &= !group;
+                while group != 0 {
+                    let b = group.trailing_zeros() as usize;
+                    group &= group - 1;
+                    out[got] = (base + (w * 64 + b) * size) as *mut u8;
+                    got += 1;
+                }
+            }
+            self.bitmap[w] = word;
+        }
+        self.nfree -= got as u16;
+        got
+    }
+
     /// Marks block `i` free. False if it already was (a double free).
     #[inline]
     pub fn put_block(&mut self, i: usize) -> bool {
@@ -580,5 +633,82 @@ mod tests {
         assert_eq!(pi.head as usize, idx);
         assert_eq!(ch.index_of_span(s), idx);
         crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
+    }
+
+    #[test]
+    fn grouped_takes_hand_out_whole_free_lines_only() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for c in 0..NCLASSES {
+            let g = size_class::line_group(c);
+            if g == 1 {
+                continue;
+            }
+            // SAFETY: fresh() returns a valid initialised chunk owned by this test.
+            let ch = unsafe { &mut *fresh() };
+            let k = size_class::info(c);
+            let size = k.size as usize;
+            let idx = ch.alloc_pages(k.pages as usize, 1).unwrap().0;
+            // SAFETY: make_small returns the chunk's own span descriptor.
+            let s = unsafe { &mut *ch.make_small(idx, c, 0) };
+            let base = ch.page_addr(idx);
+            let n = s.nblocks as usize;
+            for round in 0..60 {
+                // Free maps from sparse to dense.
+                for w in 0..n.div_ceil(64) {
+                    let mut m = next();
+                    for _ in 0..round % 3 {
+                        m |= next();
+                    }
+                    let valid = if (w + 1) * 64 <= n {
+                        !0
+                    } else {
+                        (1u64 << (n - w * 64)) - 1
+                    };
+                    s.bitmap[w] = m & valid;
+                }
+                s.nfree = s.count_free_bits() as u16;
+                let before = s.bitmap;
+                let free_before = |i: usize| before[i / 64] >> (i % 64) & 1 == 1;
+                let want_n = (next() as usize % (n + 8)).max(g);
+                let mut out = vec![null_mut(); want_n];
+                let got = s.take_groups(base, size, &mut out, g);
+                let taken: Vec<usize> = out[..got]
+                    .iter()
+                    .map(|&p| (p as usize - base) / size)
+                    .collect();
+                // Lowest whole free groups first (blocks past the end count as free).
+                let mut want = Vec::new();
+                for h in (0..n).step_by(g) {
+                    if (h..h + g).all(|i| i >= n || free_before(i)) {
+                        if want.len() + g > want_n {
+                            break;
+                        }
+                        want.extend((h..(h + g).min(n)).filter(|&i| free_before(i)));
+                    }
+                }
+                assert_eq!(taken, want, "class {c} round {round}");
+                assert_eq!(s.count_free_bits(), s.nfree as usize);
+                // No taken block shares a line with a block that was not free before.
+                for &t in &taken {
+                    let (first, last) = ((t * size) / 64, (t * size + size - 1) / 64);
+                    for j in 0..n {
+                        let (f2, l2) = ((j * size) / 64, (j * size + size - 1) / 64);
+                        if f2 <= last && first <= l2 {
+                            assert!(
+                                free_before(j),
+                                "class {c}: block {t} shares a line with live block {j}"
+                            );
+                        }
+                    }
+                }
+            }
+            crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
+        }
     }
 }

@@ -486,11 +486,18 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
         // refilled meanwhile (a nested call during this thread's set-up)
         return pop(tc, c);
     }
-    let want = (capacity(c).min(cap) / 2).clamp(1, t.batch[c] as usize);
+    // With other live threads on the arena, blocks come in whole cache lines (a line's
+    // blocks all go to one thread: no active false sharing), so ask for whole groups.
+    let shared = ARENA_LOAD[a].load(Relaxed) > 1;
+    let g = if shared { size_class::line_group(c) } else { 1 };
+    let want = (capacity(c).min(cap) / 2)
+        .clamp(1, t.batch[c] as usize)
+        .next_multiple_of(g)
+        .min(cap);
     t.batch[c] = t.batch[c].saturating_mul(2);
-    // SAFETY: the stack has `cap` slots and is empty here.
+    // SAFETY: the stack has `cap` slots and is empty here; want <= cap.
     let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
-    let got = arena::take_small_anywhere(a, c, out);
+    let got = arena::take_small_anywhere(a, c, out, shared);
     t.refilled[c] = true;
     stats::count_refill();
     if got == 0 {
@@ -512,7 +519,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
 /// One block straight from arena `a`, for threads without a cache (or caches turned off).
 pub fn take_one(a: usize, c: usize) -> *mut u8 {
     let mut one = [null_mut()];
-    if arena::take_small_anywhere(a, c, &mut one) == 1 {
+    if arena::take_small_anywhere(a, c, &mut one, false) == 1 {
         // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
         unsafe { *(one[0] as *mut u64).add(1) = 0 };
         one[0]
