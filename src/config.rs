@@ -21,7 +21,10 @@ pub const MAX_ARENAS: usize = 64;
 /// Every block is aligned to this.
 pub const MIN_ALIGN: usize = 16;
 
-/// Number of arenas in use (set once at initialisation).
+/// Number of arenas in use (set once at initialisation): one per CPU the process may run on.
+/// More threads than CPUs share arenas, their refills in whole cache lines; on 2 CPUs with 8
+/// threads that ran as fast as an arena per thread or faster, with less memory in partly
+/// used spans (server-churn 62.8 -> 54.4 MB, migrate 4.8 -> 4.2 MB peak RSS).
 pub static NARENAS: AtomicU32 = AtomicU32::new(1);
 /// Dirty pages are purged after between one and two of these periods.
 pub static PURGE_EPOCH_NS: AtomicU64 = AtomicU64::new(250_000_000);
@@ -141,7 +144,7 @@ fn apply_conf(conf: &[u8]) {
 /// Reads the options once, at process initialisation: defaults, then RSMALLOC_CONF, then the
 /// individual RSMALLOC_* variables (which win). Never allocates.
 pub fn init(cpus: usize) {
-    NARENAS.store((4 * cpus).clamp(1, MAX_ARENAS) as u32, Relaxed);
+    NARENAS.store(cpus.clamp(1, MAX_ARENAS) as u32, Relaxed);
     if let Some(conf) = env(b"RSMALLOC_CONF\0") {
         apply_conf(conf);
     }
