@@ -152,7 +152,9 @@ impl ArenaState {
     /// Fills `out` with free blocks of class `c`; returns how many (0 only when out of memory).
     /// With `grouped` (an arena more than one thread allocates from), blocks come in whole
     /// cache lines (`Span::take_groups`): spans whose free blocks form no whole group are
-    /// passed over, up to SKIP_SPANS of them, before a new span is made.
+    /// passed over, up to SKIP_SPANS of them, before a new span is made (so a shared arena
+    /// may hold up to a group's worth of blocks per live block in the worst case: one live
+    /// block pinning each line); without memory for one, blocks are taken as they come.
     pub fn take_small(
         &mut self,
         arena: usize,
@@ -162,7 +164,7 @@ impl ArenaState {
     ) -> usize {
         const SKIP_SPANS: usize = 8;
         let k = size_class::info(c);
-        let g = if grouped {
+        let mut g = if grouped {
             size_class::line_group(c)
         } else {
             1
@@ -175,6 +177,11 @@ impl ArenaState {
             if s.is_null() || skipped == SKIP_SPANS {
                 let Some((ch, idx)) = pages::lock_in_arena(arena).alloc_pages(k.pages as usize, 1)
                 else {
+                    if g > 1 {
+                        // Out of memory: any free block is better than none.
+                        (g, s, skipped) = (1, self.partial[c], 0);
+                        continue;
+                    }
                     break;
                 };
                 self.active += k.pages as usize;

@@ -255,8 +255,9 @@ pub fn cpu_count() -> usize {
 }
 
 extern "C" {
-    /// The process's environment (glibc's `environ`: set before any constructor runs).
-    static environ: *const *const u8;
+    /// The process's environment (glibc's `environ`: set before any constructor runs; libc
+    /// writes it, hence `mut`).
+    static mut environ: *const *const u8;
 }
 
 /// The value of environment variable `name` (without its NUL), read from `environ` by hand:
@@ -267,7 +268,7 @@ pub fn getenv(name: &[u8]) -> Option<&'static [u8]> {
     // that live as long as the environment; the options are read at initialisation, before
     // the program can change it from another thread.
     unsafe {
-        let mut e = environ;
+        let mut e = core::ptr::addr_of!(environ).read();
         if e.is_null() {
             return None;
         }
