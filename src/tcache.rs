@@ -259,9 +259,10 @@ static ARENA_LOAD: [AtomicUsize; MAX_ARENAS] = [const { AtomicUsize::new(0) }; M
 
 /// The arena for a new thread: one no live thread uses if there is one (looking from a
 /// rotating start), else the least used. Threads sharing an arena refill from the same
-/// spans, so their blocks can share cache lines (active false sharing) and they wait for
-/// each other's lock; round robin alone shares an arena as soon as threads exit in another
-/// order than they started. Two threads starting at once may pick the same arena: harmless.
+/// spans (in whole cache lines, see `refill_and_pop`, at the cost of free blocks stranded in
+/// partly used lines) and wait for each other's lock; round robin alone shares an arena as
+/// soon as threads exit in another order than they started. Two threads starting at once
+/// may pick the same arena: harmless.
 fn pick_arena() -> usize {
     let n = narenas();
     let start = NEXT_ARENA.fetch_add(1, Relaxed);
