@@ -50,14 +50,14 @@ struct Opt {
 const OPTIONS: [Opt; 6] = [
     Opt {
         key: b"arenas",
-        env: b"RSMALLOC_ARENAS\0",
+        env: b"RSMALLOC_ARENAS",
         min: 1,
         max: MAX_ARENAS as u64,
         apply: |v| NARENAS.store(v as u32, Relaxed),
     },
     Opt {
         key: b"tcache_bytes",
-        env: b"RSMALLOC_TCACHE_BYTES\0",
+        env: b"RSMALLOC_TCACHE_BYTES",
         min: 0,
         max: 1 << 20,
         apply: |v| TCACHE_BYTES.store(v as u32, Relaxed),
@@ -65,28 +65,28 @@ const OPTIONS: [Opt; 6] = [
     // pages are purged after one to two epochs: an epoch is half the delay
     Opt {
         key: b"purge_delay_ms",
-        env: b"RSMALLOC_PURGE_DELAY_MS\0",
+        env: b"RSMALLOC_PURGE_DELAY_MS",
         min: 0,
         max: 3_600_000,
         apply: |v| PURGE_EPOCH_NS.store(v * 1_000_000 / 2, Relaxed),
     },
     Opt {
         key: b"thp",
-        env: b"RSMALLOC_THP\0",
+        env: b"RSMALLOC_THP",
         min: 0,
         max: 1,
         apply: |v| crate::os::set_thp(v == 1),
     },
     Opt {
         key: b"stats",
-        env: b"RSMALLOC_STATS\0",
+        env: b"RSMALLOC_STATS",
         min: 0,
         max: 1,
         apply: |v| STATS_AT_EXIT.store(v == 1, Relaxed),
     },
     Opt {
         key: b"verbose",
-        env: b"RSMALLOC_VERBOSE\0",
+        env: b"RSMALLOC_VERBOSE",
         min: 0,
         max: 1,
         apply: |v| VERBOSE.store(v == 1, Relaxed),
@@ -95,10 +95,6 @@ const OPTIONS: [Opt; 6] = [
 
 /// Print the options in force at start-up.
 pub static VERBOSE: AtomicBool = AtomicBool::new(false);
-
-fn env(name: &[u8]) -> Option<&'static [u8]> {
-    crate::os::getenv(name.strip_suffix(b"\0").unwrap_or(name))
-}
 
 fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 18 {
@@ -145,12 +141,12 @@ fn apply_conf(conf: &[u8]) {
 /// individual RSMALLOC_* variables (which win). Never allocates.
 pub fn init(cpus: usize) {
     NARENAS.store(cpus.clamp(1, MAX_ARENAS) as u32, Relaxed);
-    if let Some(conf) = env(b"RSMALLOC_CONF\0") {
+    if let Some(conf) = crate::os::getenv(b"RSMALLOC_CONF") {
         apply_conf(conf);
     }
     for opt in OPTIONS.iter() {
-        if let Some(raw) = env(opt.env) {
-            set(opt, &opt.env[..opt.env.len() - 1], raw);
+        if let Some(raw) = crate::os::getenv(opt.env) {
+            set(opt, opt.env, raw);
         }
     }
 }
