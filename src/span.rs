@@ -636,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn grouped_takes_hand_out_whole_free_lines_only() {
+    fn takes_hand_out_lowest_free_blocks_and_whole_free_lines_only() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -644,11 +644,15 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for c in 0..NCLASSES {
+        // Every class taken block by block (take_blocks, g = 1), and in line groups
+        // (take_groups) where its size needs them.
+        let takes = (0..NCLASSES).flat_map(|c| {
             let g = size_class::line_group(c);
-            if g == 1 {
-                continue;
-            }
+            [(c, 1), (c, g)]
+                .into_iter()
+                .take(if g == 1 { 1 } else { 2 })
+        });
+        for (c, g) in takes {
             // SAFETY: fresh() returns a valid initialised chunk owned by this test.
             let ch = unsafe { &mut *fresh() };
             let k = size_class::info(c);
@@ -677,7 +681,11 @@ mod tests {
                 let free_before = |i: usize| before[i / 64] >> (i % 64) & 1 == 1;
                 let want_n = (next() as usize % (n + 8)).max(g);
                 let mut out = vec![null_mut(); want_n];
-                let got = s.take_groups(base, size, &mut out, g);
+                let got = if g == 1 {
+                    s.take_blocks(base, size, &mut out)
+                } else {
+                    s.take_groups(base, size, &mut out, g)
+                };
                 let taken: Vec<usize> = out[..got]
                     .iter()
                     .map(|&p| (p as usize - base) / size)
@@ -695,7 +703,7 @@ mod tests {
                 assert_eq!(taken, want, "class {c} round {round}");
                 assert_eq!(s.count_free_bits(), s.nfree as usize);
                 // No taken block shares a line with a block that was not free before.
-                for &t in &taken {
+                for &t in taken.iter().filter(|_| g > 1) {
                     let (first, last) = ((t * size) / 64, (t * size + size - 1) / 64);
                     for j in 0..n {
                         let (f2, l2) = ((j * size) / 64, (j * size + size - 1) / 64);
