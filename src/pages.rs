@@ -346,10 +346,13 @@ impl PageHeap {
         } else if chunk_ref(c).is_empty() && self.has_other_empty_chunk(c) {
             // One empty chunk is kept for the next span; a second one leaves now, rather
             // than at the end of the epoch that may never come if the program goes idle
-            // (its header and dirty pages would stay resident).
+            // (its header and dirty pages would stay resident). The program is shrinking:
+            // from here its freed pages go back in small batches, so that the chunks that
+            // empty next are mostly clean and no single free purges a whole chunk's worth.
             self.dirty -= chunk_ref(c).dirty_count();
             self.unlink_chunk(c);
             self.release_chunk(c);
+            self.shrinking = true;
         } else {
             self.tick();
         }
