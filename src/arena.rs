@@ -256,7 +256,7 @@ impl ArenaState {
             if bulk {
                 self.peak_active = self.active;
             }
-            pages::lock_in_arena(sp.arena as usize).free_pages(c, head, n, bulk);
+            pages::lock_in_arena(sp.arena as usize).free_pages(c, head, n, true, bulk);
         } else if !sp.listed {
             self.list_push(class, s);
         }

@@ -44,6 +44,10 @@ pub struct PageHeap {
     /// Set by a bulk purge, cleared when pages are taken again: while the program shrinks,
     /// freed pages are purged in small batches instead of waiting for the floor or an epoch.
     shrinking: bool,
+    /// Span pages freed since pages were last taken: a long run of them is a shrink under
+    /// way, whether or not a trigger below saw it (see STREAK_PAGES). Large objects do not
+    /// count: a program replacing its big buffers frees megabytes between takes.
+    freed_streak: usize,
     /// Empty, purged chunks kept for reuse (still registered in the page map).
     pool: *mut Chunk,
     pool_count: usize,
@@ -89,6 +93,7 @@ static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap {
     active: 0,
     large_used: 0,
     shrinking: false,
+    freed_streak: 0,
     pool: null_mut(),
     pool_count: 0,
     claimed: [NO_CLAIM; MAX_CLAIMS],
@@ -122,6 +127,13 @@ const DIRTY_RATIO: usize = 3;
 /// After a bulk purge, until pages are taken again, dirty pages are purged once this many
 /// have gathered (256 KiB): the end of a bulk free does not stay resident below the floor.
 const SHRINK_BATCH_PAGES: usize = (256 << 10) / PAGE_SIZE;
+/// Span pages freed without any taken (2 MiB, the floor) after which dirty pages are purged
+/// in batches as while shrinking.
+const STREAK_PAGES: usize = (2 << 20) / PAGE_SIZE;
+/// Most pages one purge of a streak gives back (512 KiB, some 50 us of madvise): the free
+/// that crosses the threshold does not purge the whole 2 MiB at once. What is left is
+/// within the floor every other rule keeps as well.
+const STREAK_BUDGET_PAGES: usize = (512 << 10) / PAGE_SIZE;
 
 /// Whether an arena whose span pages fell from `peak` to `active` pages while it still hands
 /// out `used` bytes shrank in bulk: the same test as the heap's own, on one arena's share.
@@ -325,13 +337,17 @@ impl PageHeap {
         self.dirty -= dirty;
         self.count_active(n as isize);
         self.shrinking = false;
+        self.freed_streak = 0;
     }
 
     /// Returns pages `idx..idx + n` of chunk `c`; they become dirty. `bulk`: the arena
     /// returning them shrank the way `is_bulk_shrink` describes.
-    pub fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize, bulk: bool) {
+    pub fn free_pages(&mut self, c: *mut Chunk, idx: usize, n: usize, span: bool, bulk: bool) {
         self.dirty += chunk_ref(c).free_pages(idx, n);
         self.count_active(-(n as isize));
+        if span {
+            self.freed_streak += n;
+        }
         let used = SMALL_USED.load(Relaxed) + self.large_used;
         if bulk || self.dirty > DIRTY_MIN_PAGES && self.dirty * PAGE_SIZE > DIRTY_RATIO * used {
             // The resident footprint is mostly free pages: a bulk free, not churn. Give them
@@ -343,6 +359,13 @@ impl PageHeap {
             // Still shrinking: purge again, and have caches flush again as for the first.
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
+        } else if self.freed_streak >= STREAK_PAGES && self.dirty >= SHRINK_BATCH_PAGES {
+            // Over 2 MiB of spans freed and nothing taken: purge in batches now, so that
+            // no chunk gathers megabytes of dirty pages for one free to purge when it
+            // empties (remote frees too: that free may be any thread's). The empty chunk
+            // kept for the next span stays (purged); caches are left alone, as this may
+            // be the ebb of churn rather than a shrink.
+            self.purge_some(true, true, STREAK_BUDGET_PAGES);
         } else if chunk_ref(c).is_empty() && self.has_other_empty_chunk(c) {
             // One empty chunk is kept for the next span; a second one leaves now, rather
             // than at the end of the epoch that may never come if the program goes idle
@@ -393,16 +416,24 @@ impl PageHeap {
     /// for the guard to purge after the lock is released (up to MAX_CLAIMS of them, unless
     /// another thread's claims are being purged: then here, under the lock).
     pub fn purge(&mut self, all: bool) -> usize {
+        self.purge_some(all, !all, usize::MAX)
+    }
+
+    /// `purge`, keeping one empty chunk if `keep_empty`, and purging at most `budget` pages
+    /// (oldest chunks first); an empty chunk whose dirty pages the budget does not cover
+    /// stays, to be released by a later purge.
+    fn purge_some(&mut self, all: bool, keep_empty: bool, mut budget: usize) -> usize {
+        let budgeted = budget != usize::MAX;
         let mut purged = 0;
         let mut still_dirty = 0;
-        let mut kept_empty = all;
+        let mut kept_empty = !keep_empty;
         let defer = !self.purging;
         let mut c = self.chunks;
         while !c.is_null() {
             let ch = chunk_ref(c);
             let next = ch.next;
             let (claimed, nclaimed) = (&mut self.claimed, &mut self.nclaimed);
-            purged += ch.purge_with(all, |first, n| {
+            purged += ch.purge_with(all, &mut budget, |first, n| {
                 let room = defer && *nclaimed < MAX_CLAIMS;
                 if room {
                     claimed[*nclaimed] = Claim {
@@ -414,7 +445,7 @@ impl PageHeap {
                 }
                 room
             });
-            if ch.is_empty() && kept_empty {
+            if ch.is_empty() && kept_empty && !(budgeted && ch.dirty_count() != 0) {
                 self.unlink_chunk(c);
                 self.release_chunk(c);
             } else {
@@ -425,7 +456,7 @@ impl PageHeap {
         }
         self.dirty = still_dirty;
         if defer && self.nclaimed > 0 {
-            self.claimed_all |= all;
+            self.claimed_all |= !keep_empty;
         }
         stats::add_purged_pages(purged);
         purged
@@ -559,7 +590,7 @@ impl PageHeap {
         }
         let n = ch.spans[idx].npages as usize;
         self.large_used -= n * PAGE_SIZE;
-        self.free_pages(c, idx, n, false);
+        self.free_pages(c, idx, n, false, false);
     }
 
     /// Walks every chunk and checks its page bitmaps and counts. `span` is called on every
@@ -661,7 +692,7 @@ pub fn resize_large(c: *mut Chunk, idx: usize, npages: usize) -> bool {
     let old = ch.spans[idx].npages as usize;
     if npages < old {
         h.large_used -= (old - npages) * PAGE_SIZE;
-        h.free_pages(c, idx + npages, old - npages, false);
+        h.free_pages(c, idx + npages, old - npages, false, false);
         chunk_ref(c).spans[idx].npages = npages as u8;
     } else if npages > old {
         if !ch.pages_free(idx + old, npages - old) {

@@ -316,13 +316,21 @@ impl Chunk {
     /// Purges the pages dirty since before the current epoch (all of them if `all`), and
     /// starts a new epoch. Returns the number of pages purged.
     pub fn purge(&mut self, all: bool) -> usize {
-        self.purge_with(all, |_, _| false)
+        let mut unlimited = usize::MAX;
+        self.purge_with(all, &mut unlimited, |_, _| false)
     }
 
     /// `purge`, except that each run of pages `defer(first, n)` accepts is not purged here
     /// but claimed: out of the free map (no one takes it) until `unclaim` gives it back, for
-    /// the caller to purge once it no longer holds the page heap's lock.
-    pub fn purge_with(&mut self, all: bool, mut defer: impl FnMut(usize, usize) -> bool) -> usize {
+    /// the caller to purge once it no longer holds the page heap's lock. At most `budget`
+    /// pages are purged or claimed (lowest first; the budget is decreased): the others stay
+    /// dirty, counted as older than the current epoch.
+    pub fn purge_with(
+        &mut self,
+        all: bool,
+        budget: &mut usize,
+        mut defer: impl FnMut(usize, usize) -> bool,
+    ) -> usize {
         if all {
             for w in 0..MAP_WORDS {
                 self.dirty_old[w] |= self.dirty_new[w];
@@ -331,8 +339,13 @@ impl Chunk {
         }
         let mut purged = 0;
         let mut from = 0;
-        while let Some(s) = next_with(&self.dirty_old, from, true) {
+        while *budget > 0 {
+            let Some(s) = next_with(&self.dirty_old, from, true) else {
+                break;
+            };
             let e = next_with(&self.dirty_old, s, false).unwrap_or(PAGES_PER_CHUNK);
+            let e = e.min(s.saturating_add(*budget));
+            set_bits(&mut self.dirty_old, s, e - s, false);
             if defer(s, e - s) {
                 set_bits(&mut self.free, s, e - s, false);
                 self.free_count -= (e - s) as u32;
@@ -340,9 +353,12 @@ impl Chunk {
                 crate::os::purge(self.page_addr(s) as *mut u8, (e - s) << PAGE_SHIFT);
             }
             purged += e - s;
+            *budget -= e - s;
             from = e;
         }
-        self.dirty_old = self.dirty_new;
+        for w in 0..MAP_WORDS {
+            self.dirty_old[w] |= self.dirty_new[w];
+        }
         self.dirty_new = [0; MAP_WORDS];
         purged
     }
@@ -564,6 +580,41 @@ mod tests {
         assert_eq!(ch.purge(false), 1);
         assert_eq!(ch.dirty_count(), 0);
         assert!(ch.alloc_pages(USABLE_PAGES, 1).is_none());
+        crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
+    }
+
+    #[test]
+    fn budgeted_purge_takes_the_lowest_dirty_pages_and_keeps_the_rest() {
+        // SAFETY: fresh() returns a valid initialised chunk owned by this test.
+        let ch = unsafe { &mut *fresh() };
+        let a = ch.alloc_pages(40, 1).unwrap().0;
+        let b = ch.alloc_pages(40, 1).unwrap().0;
+        // Two dirty runs, one from before the epoch and one fresh: 70 pages.
+        ch.free_pages(a, 30);
+        ch.purge_with(false, &mut 0, |_, _| false);
+        ch.free_pages(b, 40);
+        assert_eq!(ch.dirty_count(), 70);
+        // A budget of 45 over both epochs: the old run whole, then the first 15 pages of
+        // the new one (one claimed run per run of pages, cut at the budget).
+        let mut runs = [(0, 0); 4];
+        let mut k = 0;
+        let mut budget = 45;
+        let n = ch.purge_with(true, &mut budget, |first, n| {
+            runs[k] = (first, n);
+            k += 1;
+            true
+        });
+        assert_eq!((n, budget), (45, 0));
+        assert_eq!(&runs[..k], &[(a, 30), (b, 15)]);
+        assert_eq!(ch.dirty_count(), 25);
+        // The claimed pages are out of the free map until given back; the rest stay free.
+        assert!(!ch.pages_free(b, 15) && ch.pages_free(b + 15, 25));
+        ch.unclaim(a, 30);
+        ch.unclaim(b, 15);
+        // What the budget left is older than the epoch now: the next plain purge takes it.
+        assert_eq!(ch.purge(false), 25);
+        assert_eq!(ch.dirty_count(), 0);
+        assert!(ch.pages_free(a, 30) && ch.pages_free(b, 40));
         crate::os::unmap(ch.base() as *mut u8, CHUNK_SIZE);
     }
 
