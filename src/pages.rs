@@ -42,7 +42,8 @@ pub struct PageHeap {
     /// Bytes of live large objects.
     large_used: usize,
     /// Set by a bulk purge, cleared when pages are taken again: while the program shrinks,
-    /// freed pages are purged in small batches instead of waiting for the floor or an epoch.
+    /// freed pages are purged in small batches instead of waiting for the floor or an epoch
+    /// (and caches flush again at each).
     shrinking: bool,
     /// Span pages freed since pages were last taken: a long run of them is a shrink under
     /// way, whether or not a trigger below saw it (see STREAK_PAGES). Large objects do not
@@ -127,12 +128,13 @@ const DIRTY_RATIO: usize = 3;
 /// After a bulk purge, until pages are taken again, dirty pages are purged once this many
 /// have gathered (256 KiB): the end of a bulk free does not stay resident below the floor.
 const SHRINK_BATCH_PAGES: usize = (256 << 10) / PAGE_SIZE;
-/// Span pages freed without any taken (2 MiB, the floor) after which dirty pages are purged
-/// in batches as while shrinking.
+/// Span pages freed without any taken (2 MiB, the floor) from which each further span free
+/// purges a slice of the dirty pages (without the caches' flush of the shrinking mode: this
+/// may be the ebb of churn).
 const STREAK_PAGES: usize = (2 << 20) / PAGE_SIZE;
-/// Most pages one purge of a streak gives back (512 KiB, some 50 us of madvise): the free
-/// that crosses the threshold does not purge the whole 2 MiB at once. What is left is
-/// within the floor every other rule keeps as well.
+/// Most pages of runs one slice of a streak purges (512 KiB, some 50 us of madvise): the
+/// free that crosses the threshold does not purge the whole 2 MiB at once, and a chunk that
+/// empties during the streak is mostly clean already.
 const STREAK_BUDGET_PAGES: usize = (512 << 10) / PAGE_SIZE;
 
 /// Whether an arena whose span pages fell from `peak` to `active` pages while it still hands
@@ -349,7 +351,12 @@ impl PageHeap {
             self.freed_streak += n;
         }
         let used = SMALL_USED.load(Relaxed) + self.large_used;
-        if bulk || self.dirty > DIRTY_MIN_PAGES && self.dirty * PAGE_SIZE > DIRTY_RATIO * used {
+        // Pages freed in bulk: the dirty ones, or those of a streak, most of which its
+        // slices have purged already (the test must still see the shrink, once).
+        let shrunk = self.dirty.max(self.freed_streak);
+        if bulk
+            || !self.shrinking && shrunk > DIRTY_MIN_PAGES && shrunk * PAGE_SIZE > DIRTY_RATIO * used
+        {
             // The resident footprint is mostly free pages: a bulk free, not churn. Give them
             // back now; the program may stay idle from here on.
             PRESSURE.fetch_add(1, Relaxed);
@@ -360,22 +367,19 @@ impl PageHeap {
             PRESSURE.fetch_add(1, Relaxed);
             self.purge(true);
         } else if self.freed_streak >= STREAK_PAGES && self.dirty >= SHRINK_BATCH_PAGES {
-            // Over 2 MiB of spans freed and nothing taken: purge in batches now, so that
-            // no chunk gathers megabytes of dirty pages for one free to purge when it
-            // empties (remote frees too: that free may be any thread's). The empty chunk
-            // kept for the next span stays (purged); caches are left alone, as this may
-            // be the ebb of churn rather than a shrink.
+            // Over 2 MiB of spans freed and nothing taken: purge a slice now, so that no
+            // chunk gathers megabytes of dirty pages for one free to purge when it empties
+            // (remote frees too: that free may be any thread's). The empty chunk kept for
+            // the next span stays; caches are left alone, as this may be the ebb of churn
+            // rather than a shrink.
             self.purge_some(true, true, STREAK_BUDGET_PAGES);
         } else if chunk_ref(c).is_empty() && self.has_other_empty_chunk(c) {
             // One empty chunk is kept for the next span; a second one leaves now, rather
             // than at the end of the epoch that may never come if the program goes idle
-            // (its header and dirty pages would stay resident). The program is shrinking:
-            // from here its freed pages go back in small batches, so that the chunks that
-            // empty next are mostly clean and no single free purges a whole chunk's worth.
+            // (its header and dirty pages would stay resident).
             self.dirty -= chunk_ref(c).dirty_count();
             self.unlink_chunk(c);
             self.release_chunk(c);
-            self.shrinking = true;
         } else {
             self.tick();
         }
@@ -420,10 +424,11 @@ impl PageHeap {
     }
 
     /// `purge`, keeping one empty chunk if `keep_empty`, and purging at most `budget` pages
-    /// (oldest chunks first); an empty chunk whose dirty pages the budget does not cover
-    /// stays, to be released by a later purge.
+    /// of runs (oldest chunks first; with `all`, the dirty pages of every chunk are older
+    /// than the epoch afterwards, so what the budget leaves goes at the next epoch at the
+    /// latest). Empty chunks beyond the one kept are released whatever the budget: their
+    /// purge is the price of the one-empty-chunk bound that an idle program relies on.
     fn purge_some(&mut self, all: bool, keep_empty: bool, mut budget: usize) -> usize {
-        let budgeted = budget != usize::MAX;
         let mut purged = 0;
         let mut still_dirty = 0;
         let mut kept_empty = !keep_empty;
@@ -445,7 +450,7 @@ impl PageHeap {
                 }
                 room
             });
-            if ch.is_empty() && kept_empty && !(budgeted && ch.dirty_count() != 0) {
+            if ch.is_empty() && kept_empty {
                 self.unlink_chunk(c);
                 self.release_chunk(c);
             } else {
