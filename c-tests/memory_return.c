@@ -8,7 +8,12 @@
  * Phase 4: two threads allocate ~100 MiB of small blocks each, in turns (so that their
  *          spans interleave in the same chunks); one frees all of its blocks while the
  *          other keeps its own, and both stay alive and idle: after 1 s, resident memory
- *          must be at most the start + 60% of the peak (the freed half went back). */
+ *          must be at most the start + 60% of the peak (the freed half went back).
+ * Phase 5 (run first, on a fresh heap): 16 threads allocate ~1.5 MiB of small blocks each,
+ *          free them all and stay alive and idle: after 1 s, at most a quarter of what
+ *          the phase added may be left.
+ *          Each thread alone frees too little for any bulk trigger of its own; what it
+ *          keeps in its thread cache, no other thread can give back. */
 #include "common.h"
 
 #include <pthread.h>
@@ -152,12 +157,59 @@ static void half_freed(void)
     pthread_join(b, NULL);
 }
 
+#define BURST_THREADS 16
+static pthread_barrier_t burst_allocated, burst_freed, burst_measured;
+
+static void *burst(void *x)
+{
+    (void)x;
+    size_t n = (size_t)(1536 * 1024) / 200;
+    void **v = malloc(n * sizeof(void *));
+    if (!v) {
+        FAILF("malloc failed");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        v[i] = malloc(100 + (i * 37) % 200);
+        if (v[i]) memset(v[i], 1, 100);
+        else FAILF("malloc failed");
+    }
+    pthread_barrier_wait(&burst_allocated);
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+    pthread_barrier_wait(&burst_freed);
+    pthread_barrier_wait(&burst_measured); /* idle until main has measured */
+    return NULL;
+}
+
+static void bursts_freed(void)
+{
+    pthread_barrier_init(&burst_allocated, NULL, BURST_THREADS + 1);
+    pthread_barrier_init(&burst_freed, NULL, BURST_THREADS + 1);
+    pthread_barrier_init(&burst_measured, NULL, BURST_THREADS + 1);
+    long before = rs_rss_bytes();
+    pthread_t th[BURST_THREADS];
+    for (int i = 0; i < BURST_THREADS; i++) pthread_create(&th[i], NULL, burst, NULL);
+    pthread_barrier_wait(&burst_allocated);
+    long peak = rs_rss_bytes();
+    pthread_barrier_wait(&burst_freed);
+    sleep(1);
+    long rss = rs_rss_bytes(), limit = before + (peak - before) / 4;
+    printf("memory_return: %-28s start %.1f MiB, peak %.1f MiB, after free %.1f MiB (limit %.1f MiB)\n",
+           "16 idle threads, 1.5 MiB each", before / (double)MiB, peak / (double)MiB, rss / (double)MiB, limit / (double)MiB);
+    CHECK(rss <= limit, "16 threads freed the 1.5 MiB each allocated and stayed idle: resident %.1f MiB after 1 s (before %.1f MiB, peak %.1f MiB, limit %.1f MiB): their thread caches kept the memory",
+          rss / (double)MiB, before / (double)MiB, peak / (double)MiB, limit / (double)MiB);
+    pthread_barrier_wait(&burst_measured);
+    for (int i = 0; i < BURST_THREADS; i++) pthread_join(th[i], NULL);
+}
+
 int main(void)
 {
     rs_check_loaded("memory_return");
     /* warm up the allocator a little so that its fixed overhead is in the baseline */
     for (int i = 0; i < 1000; i++) free(malloc(i * 8));
     rss0 = rs_rss_bytes();
+    bursts_freed();
 
     struct set s;
     alloc_set(&s, 200 * MiB, 1);

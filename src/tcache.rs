@@ -61,6 +61,12 @@ pub struct TCache {
     cap: [u32; NCLASSES],
     /// Whether the class was refilled since its last flush (see `max_capacity`).
     refilled: [bool; NCLASSES],
+    /// Whether the class was refilled after a flush: blocks it gave back were needed again,
+    /// the sign of bursts bigger than the stack (see `max_capacity`). Until then a stack does
+    /// not grow: a thread that allocates and frees one burst and goes idle would keep the
+    /// whole burst in its grown stacks, which no other thread can give back.
+    round_trip: [bool; NCLASSES],
+    flushed: [bool; NCLASSES],
     /// Blocks the class's next refill takes at most: FIRST_REFILL at first, doubling with
     /// each refill (see `refill_and_pop`).
     batch: [u16; NCLASSES],
@@ -106,6 +112,8 @@ const fn empty_cache() -> TCache {
         grown: [null_mut(); NCLASSES],
         cap: [0; NCLASSES],
         refilled: [false; NCLASSES],
+        round_trip: [false; NCLASSES],
+        flushed: [false; NCLASSES],
         batch: [0; NCLASSES],
         arena: 0,
         pressure_seen: 0,
@@ -425,6 +433,8 @@ pub fn get_or_create() -> *mut TCache {
             t.home[c] = base;
             t.cap[c] = cap as u32;
             t.refilled[c] = false;
+            t.round_trip[c] = false;
+            t.flushed[c] = false;
             t.batch[c] = FIRST_REFILL;
             t.bins[c] = Bin {
                 top: base,
@@ -500,6 +510,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
     let got = arena::take_small_anywhere(a, c, out, shared);
     t.refilled[c] = true;
+    t.round_trip[c] |= t.flushed[c];
     stats::count_refill();
     if got == 0 {
         return null_mut();
@@ -539,6 +550,7 @@ fn flush(tc: *mut TCache, c: usize, n: usize) {
     return_blocks(&mut all[..n]);
     all.copy_within(n..count, 0);
     t.refilled[c] = false;
+    t.flushed[c] = true;
     // SAFETY: count - n <= cap.
     t.bins[c].top = unsafe { t.base[c].add(count - n) };
     stats::count_flush();
@@ -624,7 +636,7 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
             let cap = t.cap[c] as usize;
             let max = max_capacity(c);
             let start = capacity(c);
-            if t.refilled[c] && cap < max && may_grow(t, c, cap, max, p) {
+            if t.refilled[c] && t.round_trip[c] && cap < max && may_grow(t, c, cap, max, p) {
                 set_capacity(t, c, (cap * 2).min(max));
                 stats::count_growth();
             } else {
