@@ -66,6 +66,7 @@ pub struct TCache {
     /// not grow: a thread that allocates and frees one burst and goes idle would keep the
     /// whole burst in its grown stacks, which no other thread can give back.
     round_trip: [bool; NCLASSES],
+    /// Whether the class's stack was flushed since the cache was set up.
     flushed: [bool; NCLASSES],
     /// Blocks the class's next refill takes at most: FIRST_REFILL at first, doubling with
     /// each refill (see `refill_and_pop`).
