@@ -158,7 +158,7 @@ static void half_freed(void)
 }
 
 #define BURST_THREADS 16
-static pthread_barrier_t burst_allocated, burst_freed, burst_measured;
+static pthread_barrier_t burst_allocated, burst_go, burst_freed, burst_measured;
 
 static void *burst(void *x)
 {
@@ -175,6 +175,7 @@ static void *burst(void *x)
         else FAILF("malloc failed");
     }
     pthread_barrier_wait(&burst_allocated);
+    pthread_barrier_wait(&burst_go); /* main has measured the peak */
     for (size_t i = 0; i < n; i++) free(v[i]);
     free(v);
     pthread_barrier_wait(&burst_freed);
@@ -185,6 +186,7 @@ static void *burst(void *x)
 static void bursts_freed(void)
 {
     pthread_barrier_init(&burst_allocated, NULL, BURST_THREADS + 1);
+    pthread_barrier_init(&burst_go, NULL, BURST_THREADS + 1);
     pthread_barrier_init(&burst_freed, NULL, BURST_THREADS + 1);
     pthread_barrier_init(&burst_measured, NULL, BURST_THREADS + 1);
     long before = rs_rss_bytes();
@@ -192,6 +194,7 @@ static void bursts_freed(void)
     for (int i = 0; i < BURST_THREADS; i++) pthread_create(&th[i], NULL, burst, NULL);
     pthread_barrier_wait(&burst_allocated);
     long peak = rs_rss_bytes();
+    pthread_barrier_wait(&burst_go);
     pthread_barrier_wait(&burst_freed);
     sleep(1);
     long rss = rs_rss_bytes(), limit = before + (peak - before) / 4;

@@ -66,7 +66,8 @@ pub struct TCache {
     /// not grow: a thread that allocates and frees one burst and goes idle would keep the
     /// whole burst in its grown stacks, which no other thread can give back.
     round_trip: [bool; NCLASSES],
-    /// Whether the class's stack was flushed since the cache was set up.
+    /// Whether the class's stack overflowed and was flushed since the cache was set up or
+    /// last drained (forced flushes, drains and trims do not count).
     flushed: [bool; NCLASSES],
     /// Blocks the class's next refill takes at most: FIRST_REFILL at first, doubling with
     /// each refill (see `refill_and_pop`).
@@ -186,7 +187,8 @@ fn capacity(c: usize) -> usize {
 /// Most blocks a grown stack may hold: 64 × the byte budget in blocks, at most GROWN_MAX (and
 /// all grown stacks together at most GROWN_BYTES_FACTOR × the budget beyond their start).
 /// A class's stack grows (doubling) when it overflows, on a block of the thread's own arena,
-/// after a refill since its last flush:
+/// after a refill since its last flush, once a refill has followed an earlier overflow's
+/// flush (`round_trip`: one burst alone, freed before the thread idles, does not grow it):
 /// the thread allocates and frees that class in bursts larger than the stack, and every
 /// burst would otherwise cross the arena lock twice per block beyond the capacity (blocks
 /// freed in reverse order of allocation, batches). A thread that only frees never refills,
@@ -551,7 +553,6 @@ fn flush(tc: *mut TCache, c: usize, n: usize) {
     return_blocks(&mut all[..n]);
     all.copy_within(n..count, 0);
     t.refilled[c] = false;
-    t.flushed[c] = true;
     // SAFETY: count - n <= cap.
     t.bins[c].top = unsafe { t.base[c].add(count - n) };
     stats::count_flush();
@@ -654,7 +655,9 @@ pub fn free_slow(p: *mut u8, c: usize, secret: u64) {
                 if shrink {
                     set_capacity(cache_ref(tc), c, start);
                 }
-                cache_ref(tc).overflowed += n * CLASSES[c].size as usize;
+                let t = cache_ref(tc);
+                t.overflowed += n * CLASSES[c].size as usize;
+                t.flushed[c] = true;
             }
             if push(tc, c, p, secret) {
                 return;
@@ -776,8 +779,11 @@ pub fn flush_all(tc: *mut TCache) {
         if n > 0 {
             flush(tc, c, n);
         }
-        // Grown stacks start over.
+        // Grown stacks start over, and a stack grows again only after a new round trip: a
+        // drain is no sign that the blocks given back were needed again.
         let t = cache_ref(tc);
+        t.round_trip[c] = false;
+        t.flushed[c] = false;
         if !t.draining {
             set_capacity(t, c, capacity(c));
         }
