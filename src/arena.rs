@@ -150,8 +150,9 @@ impl ArenaState {
     }
 
     /// Fills `out` with free blocks of class `c`; returns how many (0 only when out of memory).
-    /// With `grouped` (an arena more than one thread allocates from), blocks come in whole
-    /// cache lines (`Span::take_groups`): spans whose free blocks form no whole group are
+    /// With a group size `g` above 1 (`size_class::line_group`, for an arena more than one
+    /// thread allocates from), blocks come in whole cache lines (`Span::take_groups`) and
+    /// `out.len()` should be a multiple of `g`: spans whose free blocks form no whole group are
     /// passed over, up to SKIP_SPANS of them, before a new span is made (so a shared arena
     /// may hold up to a group's worth of blocks per live block in the worst case: one live
     /// block pinning each line); without memory for one, blocks are taken as they come.
@@ -160,15 +161,10 @@ impl ArenaState {
         arena: usize,
         c: usize,
         out: &mut [*mut u8],
-        grouped: bool,
+        mut g: usize,
     ) -> usize {
         const SKIP_SPANS: usize = 8;
         let k = size_class::info(c);
-        let mut g = if grouped {
-            size_class::line_group(c)
-        } else {
-            1
-        };
         let mut got = 0;
         let mut s = self.partial[c];
         let mut skipped = 0;
@@ -307,11 +303,11 @@ impl ArenaState {
 /// Small blocks of class `c` from arena `first`, or, when it cannot get memory (address space
 /// exhausted), from any other arena that still has free blocks: memory one thread freed stays
 /// usable by every thread.
-pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8], grouped: bool) -> usize {
+pub fn take_small_anywhere(first: usize, c: usize, out: &mut [*mut u8], g: usize) -> usize {
     let n = narenas();
     (0..n)
         .map(|i| (first + i) % n)
-        .map(|a| lock(a).take_small(a, c, out, grouped))
+        .map(|a| lock(a).take_small(a, c, out, g))
         .find(|&got| got > 0)
         .unwrap_or(0)
 }

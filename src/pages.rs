@@ -355,7 +355,9 @@ impl PageHeap {
         // slices have purged already (the test must still see the shrink, once).
         let shrunk = self.dirty.max(self.freed_streak);
         if bulk
-            || !self.shrinking && shrunk > DIRTY_MIN_PAGES && shrunk * PAGE_SIZE > DIRTY_RATIO * used
+            || !self.shrinking
+                && shrunk > DIRTY_MIN_PAGES
+                && shrunk * PAGE_SIZE > DIRTY_RATIO * used
         {
             // The resident footprint is mostly free pages: a bulk free, not churn. Give them
             // back now; the program may stay idle from here on.

@@ -511,7 +511,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
     t.batch[c] = t.batch[c].saturating_mul(2);
     // SAFETY: the stack has `cap` slots and is empty here; want <= cap.
     let out = unsafe { core::slice::from_raw_parts_mut(t.base[c], want) };
-    let got = arena::take_small_anywhere(a, c, out, shared);
+    let got = arena::take_small_anywhere(a, c, out, g);
     t.refilled[c] = true;
     t.round_trip[c] |= t.flushed[c];
     stats::count_refill();
@@ -534,7 +534,7 @@ pub fn refill_and_pop(tc: *mut TCache, c: usize) -> *mut u8 {
 /// One block straight from arena `a`, for threads without a cache (or caches turned off).
 pub fn take_one(a: usize, c: usize) -> *mut u8 {
     let mut one = [null_mut()];
-    if arena::take_small_anywhere(a, c, &mut one, false) == 1 {
+    if arena::take_small_anywhere(a, c, &mut one, 1) == 1 {
         // SAFETY: a fresh block of at least 16 bytes; clear its free mark as pop does.
         unsafe { *(one[0] as *mut u64).add(1) = 0 };
         one[0]
