@@ -53,10 +53,12 @@ pub struct TCache {
     flat: FlatView,
     /// Each stack's first slot (slot `base - 1` holds null) and capacity. A stack lives at
     /// `home` (room for capacity(c), packed with the other classes' so that a new cache
-    /// touches few pages) until it grows past that, then at `grown` (room for
-    /// max_capacity(c), in the mapping's upper part, untouched until first used).
+    /// touches few pages) until it grows past that, then at `mid` (room for mid_capacity(c),
+    /// packed the same way, so that stacks grown a little share pages), then at `grown`
+    /// (room for max_capacity(c), in the mapping's upper part, untouched until first used).
     base: [*mut *mut u8; NCLASSES],
     home: [*mut *mut u8; NCLASSES],
+    mid: [*mut *mut u8; NCLASSES],
     grown: [*mut *mut u8; NCLASSES],
     cap: [u32; NCLASSES],
     /// Whether the class was refilled since its last flush (see `max_capacity`).
@@ -69,7 +71,7 @@ pub struct TCache {
     /// Whether the class's stack overflowed and was flushed since the cache was set up or
     /// last drained (forced flushes, drains and trims do not count).
     flushed: [bool; NCLASSES],
-    /// Blocks the class's next refill takes at most: FIRST_REFILL at first, doubling with
+    /// Blocks the class's next refill takes at most: `first_refill` at first, doubling with
     /// each refill (see `refill_and_pop`).
     batch: [u16; NCLASSES],
     arena: usize,
@@ -111,6 +113,7 @@ const fn empty_cache() -> TCache {
         // in relocated read-only data, every pointer of theirs 24 bytes of relocation).
         base: [null_mut(); NCLASSES],
         home: [null_mut(); NCLASSES],
+        mid: [null_mut(); NCLASSES],
         grown: [null_mut(); NCLASSES],
         cap: [0; NCLASSES],
         refilled: [false; NCLASSES],
@@ -200,6 +203,16 @@ fn max_capacity(c: usize) -> usize {
     capacity(c).max((GROWN_STACK_FACTOR * budget() / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
+
+/// Room of class `c`'s middle place: MID_FACTOR × its starting capacity (within the most a
+/// grown stack holds). A stack that grows moves there first: the places of all classes lie
+/// back to back, so that stacks grown once or twice (objects migrating between threads, whose
+/// per-class fill wanders) share pages, where each would touch a page of its own at the
+/// grown place (a quarter of migrate's peak at 2 threads).
+fn mid_capacity(c: usize) -> usize {
+    (MID_FACTOR * capacity(c)).min(max_capacity(c))
+}
+const MID_FACTOR: usize = 4;
 const GROWN_STACK_FACTOR: usize = 64;
 /// Bytes all of a thread's grown stacks may hold beyond their starting capacities together:
 /// this many times the byte budget (1.5 MiB by default), so that a thread that goes idle
@@ -209,13 +222,19 @@ const GROWN_STACK_FACTOR: usize = 64;
 /// again on every batch.
 const GROWN_BYTES_FACTOR: usize = 192;
 
-/// Blocks a class's first refill takes. Each refill writes the free mark into every block
-/// it takes, so a full batch touches half a stack's budget of blocks per class (4 KiB, and at
-/// least 4 blocks, each on its own page, for classes above 1 KiB): a thread using a few
-/// blocks of many classes would fault in tens of KiB it never uses.
-/// Later refills double (4, 8, 16, ...) up to half the stack, so a class in steady use costs
-/// a handful more refills, once.
-const FIRST_REFILL: u16 = 4;
+/// Blocks a class's first refill takes at most. Each refill writes the free mark into every
+/// block it takes, so a full batch touches half a stack's budget of blocks per class: a thread
+/// using a few blocks of many classes would fault in tens of KiB it never uses. Later refills
+/// double (4, 8, 16, ...) up to half the stack, so a class in steady use costs a handful more
+/// refills, once.
+const FIRST_REFILL: usize = 4;
+
+/// The first refill of class `c`: FIRST_REFILL blocks, or as many as fit in an OS page (at
+/// least one). Blocks above 1 KiB each sit on a page of their own, and a program's single
+/// stdio buffer (4 KiB) would otherwise fault in four pages.
+fn first_refill(c: usize) -> u16 {
+    (OS_PAGE / CLASSES[c].size as usize).clamp(1, FIRST_REFILL) as u16
+}
 
 /// Bytes of blocks a cache's stacks may hold beyond their starting capacities.
 fn grown_bytes(t: &TCache) -> usize {
@@ -227,10 +246,10 @@ fn grown_bytes(t: &TCache) -> usize {
 /// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
 /// since the options are read once).
 fn mapping_len() -> usize {
-    // Every stack has a home and a grown place, each with a null slot below its first (only
-    // touched pages of the mapping become resident).
+    // Every stack has a home, a middle and a grown place, each with a null slot below its
+    // first (only touched pages of the mapping become resident).
     let slots: usize = (0..NCLASSES)
-        .map(|c| capacity(c) + max_capacity(c) + 2)
+        .map(|c| capacity(c) + mid_capacity(c) + max_capacity(c) + 3)
         .sum();
     (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
@@ -425,7 +444,7 @@ pub fn get_or_create() -> *mut TCache {
     for c in 0..NCLASSES {
         let cap = capacity(c);
         // SAFETY: the home stacks, each under its null slot, lie back to back inside the
-        // mapping of mapping_len() bytes, the grown places after them. The null slot is not
+        // mapping of mapping_len() bytes, the middle and grown places after them. The null slot is not
         // written: a fresh mapping reads zero (untouched, its page stays out of the resident
         // set until the class is used) and nothing stores into it later, so a recycled
         // cache still has it.
@@ -438,7 +457,7 @@ pub fn get_or_create() -> *mut TCache {
             t.refilled[c] = false;
             t.round_trip[c] = false;
             t.flushed[c] = false;
-            t.batch[c] = FIRST_REFILL;
+            t.batch[c] = first_refill(c);
             t.bins[c] = Bin {
                 top: base,
                 end: base.add(cap),
@@ -448,6 +467,13 @@ pub fn get_or_create() -> *mut TCache {
     }
     for c in 0..NCLASSES {
         // SAFETY: as above; the null slot is written when the stack first moves here.
+        unsafe {
+            t.mid[c] = stack.add(1);
+            stack = stack.add(1 + mid_capacity(c));
+        }
+    }
+    for c in 0..NCLASSES {
+        // SAFETY: as above.
         unsafe {
             t.grown[c] = stack.add(1);
             stack = stack.add(1 + max_capacity(c));
@@ -710,21 +736,23 @@ fn set_draining(tc: *mut TCache, cap: Option<usize>) {
     }
 }
 
-/// Sets class `c`'s capacity to `cap` <= max_capacity(c), moving the stack between its home
-/// and its grown place when needed. The stack must not hold more than `cap` blocks (callers
+/// Sets class `c`'s capacity to `cap` <= max_capacity(c), moving the stack between its home,
+/// middle and grown places when needed. The stack must not hold more than `cap` blocks (callers
 /// shrink only an emptied cache).
 fn set_capacity(t: &mut TCache, c: usize, cap: usize) {
     debug_assert!(cap <= max_capacity(c) && count(t, c) <= cap);
-    let to = if cap > capacity(c) {
-        t.grown[c]
-    } else {
+    let to = if cap <= capacity(c) {
         t.home[c]
+    } else if cap <= mid_capacity(c) {
+        t.mid[c]
+    } else {
+        t.grown[c]
     };
     if to != t.base[c] {
         let n = count(t, c);
         // SAFETY: both places lie in this cache's mapping, hold at least `n` slots (n <= cap
-        // <= the destination's room) and do not overlap; the slot below the grown place is
-        // inside the mapping (its own null slot).
+        // <= the destination's room) and do not overlap; the slot below each place is inside
+        // the mapping (its own null slot).
         unsafe {
             *to.sub(1) = null_mut();
             core::ptr::copy_nonoverlapping(t.base[c], to, n);
@@ -750,14 +778,15 @@ pub fn any_cache_contains(c: usize, p: *mut u8) -> bool {
         let tc = cache_ref(t);
         // SAFETY: `top` is read racily; the count it gives is bounded by the stack's capacity.
         let top = unsafe { core::ptr::read_volatile(&tc.bins[c].top) } as usize;
-        // `home` and `grown` never change while the cache is live: the place is the one
-        // holding `top` (reading `base` too could pair one place's top with the other's base).
-        let (home, grown) = (tc.home[c] as usize, tc.grown[c] as usize);
-        let (base, room) = if top >= grown && top <= grown + 8 * max_capacity(c) {
-            (grown, max_capacity(c))
-        } else {
-            (home, capacity(c))
+        // The places never change while the cache is live: the stack's is the one holding
+        // `top` (reading `base` too could pair one place's top with another's base).
+        let within = |place: *mut *mut u8, room: usize| {
+            let at = place as usize;
+            (top >= at && top <= at + 8 * room).then_some((at, room))
         };
+        let (base, room) = within(tc.grown[c], max_capacity(c))
+            .or_else(|| within(tc.mid[c], mid_capacity(c)))
+            .unwrap_or((tc.home[c] as usize, capacity(c)));
         let n = (top.saturating_sub(base) / 8).min(room);
         // SAFETY: the first `n` slots hold block pointers (possibly changing under us).
         let s = unsafe { core::slice::from_raw_parts(base as *const *mut u8, n) };
