@@ -20,6 +20,9 @@ const MAX_SPAN_PAGES: usize = 8;
 /// spread over more spans (migrate 2: 2640 -> 2552 KB peak, server-churn 2: 26.5 -> 25.7 MB;
 /// the stacks of classes used in bursts still grow, see `tcache::max_capacity`).
 pub const CACHE_MIN: usize = 4;
+// A refill of a shared arena asks for whole line groups (`line_group`: up to 64 / 16 = 4
+// blocks) within the stack's capacity: a stack smaller than a group would get none.
+const _: () = assert!(CACHE_MIN >= 64 / 16);
 pub const CACHE_MAX: usize = 256;
 
 const fn size_of_class(c: usize) -> usize {

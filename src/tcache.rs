@@ -1,7 +1,7 @@
 //! The per-thread cache: per size class, a bounded LIFO stack of free blocks. The fast paths
 //! of malloc and free touch only this thread's cache — no lock, no atomic read-modify-write.
-//! An empty stack refills half its capacity from the thread's arena in one locked batch; a
-//! full one flushes its older half to the owning spans.
+//! An empty stack refills from the thread's arena in one locked batch (a few blocks at first,
+//! doubling up to half its capacity); a full one flushes its older half to the owning spans.
 //!
 //! A free block in a cache carries the process secret in its second word. `free` of a block
 //! that already carries it is checked on the slow path (is it in this cache, or free in its
@@ -234,8 +234,8 @@ const GROWN_BYTES_FACTOR: usize = 192;
 const FIRST_REFILL: usize = 4;
 
 /// The first refill of class `c`: FIRST_REFILL blocks, or as many as fit in an OS page (at
-/// least one). Blocks above 1 KiB each sit on a page of their own, and a program's single
-/// stdio buffer (4 KiB) would otherwise fault in four pages.
+/// least one). A batch of 4 blocks above 1 KiB spreads over 4 or more pages: a program's
+/// single stdio buffer (4 KiB) would fault in four.
 fn first_refill(c: usize) -> u16 {
     (OS_PAGE / CLASSES[c].size as usize).clamp(1, FIRST_REFILL) as u16
 }
@@ -448,10 +448,10 @@ pub fn get_or_create() -> *mut TCache {
     for c in 0..NCLASSES {
         let cap = capacity(c);
         // SAFETY: the home stacks, each under its null slot, lie back to back inside the
-        // mapping of mapping_len() bytes, the middle and grown places after them. The null slot is not
-        // written: a fresh mapping reads zero (untouched, its page stays out of the resident
-        // set until the class is used) and nothing stores into it later, so a recycled
-        // cache still has it.
+        // mapping of mapping_len() bytes, the middle and grown places after them. The null
+        // slot is not written: a fresh mapping reads zero (untouched, its page stays out of
+        // the resident set until the class is used) and nothing stores into it later, so a
+        // recycled cache still has it.
         unsafe {
             debug_assert!((*stack).is_null());
             let base = stack.add(1);
@@ -741,8 +741,8 @@ fn set_draining(tc: *mut TCache, cap: Option<usize>) {
 }
 
 /// Sets class `c`'s capacity to `cap` <= max_capacity(c), moving the stack between its home,
-/// middle and grown places when needed. The stack must not hold more than `cap` blocks (callers
-/// shrink only an emptied cache).
+/// middle and grown places when needed. The stack must not hold more than `cap` blocks (a
+/// shrink keeps at most the new capacity).
 fn set_capacity(t: &mut TCache, c: usize, cap: usize) {
     debug_assert!(cap <= max_capacity(c) && count(t, c) <= cap);
     let to = if cap <= capacity(c) {
