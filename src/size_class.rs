@@ -20,9 +20,15 @@ const MAX_SPAN_PAGES: usize = 8;
 /// spread over more spans (migrate 2: 2640 -> 2552 KB peak, server-churn 2: 26.5 -> 25.7 MB;
 /// the stacks of classes used in bursts still grow, see `tcache::max_capacity`).
 pub const CACHE_MIN: usize = 4;
-// A refill of a shared arena asks for whole line groups (`line_group`: up to 64 / 16 = 4
-// blocks) within the stack's capacity: a stack smaller than a group would get none.
-const _: () = assert!(CACHE_MIN >= 64 / 16);
+// A refill of a shared arena asks for whole line groups (`line_group`) within the stack's
+// capacity: a stack smaller than a group would get none.
+const _: () = {
+    let mut c = 0;
+    while c < NCLASSES {
+        assert!(CACHE_MIN >= group_of_size(size_of_class(c)));
+        c += 1;
+    }
+};
 pub const CACHE_MAX: usize = 256;
 
 const fn size_of_class(c: usize) -> usize {
@@ -215,7 +221,12 @@ pub fn info(c: usize) -> &'static ClassInfo {
 /// multiples of 64; 2 or 4 below): taking blocks in aligned groups of this many gives each
 /// taker lines of its own (spans start page-aligned).
 pub fn line_group(c: usize) -> usize {
-    64 >> CLASSES[c].size.trailing_zeros().min(6)
+    group_of_size(CLASSES[c].size as usize)
+}
+
+const fn group_of_size(size: usize) -> usize {
+    let tz = size.trailing_zeros();
+    64 >> if tz < 6 { tz } else { 6 }
 }
 
 /// Block index of a byte offset inside a span of class `c`, by multiplication.

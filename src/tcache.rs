@@ -247,13 +247,18 @@ fn grown_bytes(t: &TCache) -> usize {
         .sum()
 }
 
+/// The rooms of a stack's places, in the order they lie in a cache mapping after its header:
+/// every class's home, then every class's middle place, then every grown place, each place
+/// with a null slot below its first.
+const PLACE_ROOMS: [fn(usize) -> usize; 3] = [capacity, mid_capacity, max_capacity];
+
 /// Bytes of a cache mapping: the header and every class's stack (the same for every thread,
 /// since the options are read once).
 fn mapping_len() -> usize {
-    // Every stack has a home, a middle and a grown place, each with a null slot below its
-    // first (only touched pages of the mapping become resident).
-    let slots: usize = (0..NCLASSES)
-        .map(|c| capacity(c) + mid_capacity(c) + max_capacity(c) + 3)
+    // Only touched pages of the mapping become resident.
+    let slots: usize = PLACE_ROOMS
+        .iter()
+        .map(|room| (0..NCLASSES).map(|c| 1 + room(c)).sum::<usize>())
         .sum();
     (core::mem::size_of::<TCache>() + slots * 8 + OS_PAGE - 1) & !(OS_PAGE - 1)
 }
@@ -445,43 +450,40 @@ pub fn get_or_create() -> *mut TCache {
     }
     let t = cache_ref(tc);
     let mut stack = (tc as usize + core::mem::size_of::<TCache>()) as *mut *mut u8;
+    for (places, room) in [&mut t.home, &mut t.mid, &mut t.grown]
+        .into_iter()
+        .zip(PLACE_ROOMS)
+    {
+        for (c, place) in places.iter_mut().enumerate() {
+            // SAFETY: the places lie back to back inside the mapping of mapping_len() bytes,
+            // in PLACE_ROOMS's order, each under its null slot.
+            unsafe {
+                *place = stack.add(1);
+                stack = stack.add(1 + room(c));
+            }
+        }
+    }
     for c in 0..NCLASSES {
         let cap = capacity(c);
-        // SAFETY: the home stacks, each under its null slot, lie back to back inside the
-        // mapping of mapping_len() bytes, the middle and grown places after them. The null
-        // slot is not written: a fresh mapping reads zero (untouched, its page stays out of
-        // the resident set until the class is used) and nothing stores into it later, so a
-        // recycled cache still has it.
+        let base = t.home[c];
+        // SAFETY: `base` is the home place, with room for `cap` slots. Its null slot is not
+        // written: a fresh mapping reads zero (untouched, its page stays out of the resident
+        // set until the class is used) and nothing stores into it later, so a recycled cache
+        // still has it. (The null slots of the other places are written when a stack first
+        // moves there.)
         unsafe {
-            debug_assert!((*stack).is_null());
-            let base = stack.add(1);
-            t.base[c] = base;
-            t.home[c] = base;
-            t.cap[c] = cap as u32;
-            t.refilled[c] = false;
-            t.round_trip[c] = false;
-            t.flushed[c] = false;
-            t.batch[c] = first_refill(c);
+            debug_assert!((*base.sub(1)).is_null());
             t.bins[c] = Bin {
                 top: base,
                 end: base.add(cap),
             };
-            stack = base.add(cap);
         }
-    }
-    for c in 0..NCLASSES {
-        // SAFETY: as above; the null slot is written when the stack first moves here.
-        unsafe {
-            t.mid[c] = stack.add(1);
-            stack = stack.add(1 + mid_capacity(c));
-        }
-    }
-    for c in 0..NCLASSES {
-        // SAFETY: as above.
-        unsafe {
-            t.grown[c] = stack.add(1);
-            stack = stack.add(1 + max_capacity(c));
-        }
+        t.base[c] = base;
+        t.cap[c] = cap as u32;
+        t.refilled[c] = false;
+        t.round_trip[c] = false;
+        t.flushed[c] = false;
+        t.batch[c] = first_refill(c);
     }
     t.arena = pick_arena();
     t.next_free = null_mut();
