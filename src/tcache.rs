@@ -21,7 +21,7 @@ use crate::init;
 use crate::lock::Mutex;
 use crate::os::{self, OS_PAGE};
 use crate::pagemap::{self, FlatView, NO_FLAT};
-use crate::size_class::{self, BlockChecks, CACHE_MAX, CACHE_MIN, CLASSES, NCLASSES, NO_CHECKS};
+use crate::size_class::{self, BlockChecks, CACHE_MAX, CLASSES, NCLASSES, NO_CHECKS};
 use crate::span::Chunk;
 use crate::stats;
 use crate::tls;
@@ -183,7 +183,8 @@ fn capacity(c: usize) -> usize {
     if budget == 0 {
         0
     } else {
-        (budget / CLASSES[c].size as usize).clamp(CACHE_MIN, CACHE_MAX)
+        let size = CLASSES[c].size as usize;
+        (budget / size).clamp(size_class::cache_min(size), CACHE_MAX)
     }
 }
 
@@ -199,7 +200,11 @@ fn capacity(c: usize) -> usize {
 /// owners, so neither grows a stack. A grown stack goes back to its starting capacity when
 /// it overflows without a refill since its last flush (the thread is freeing more than it
 /// allocates) and when the cache drains.
+/// Stacks of big blocks (`size_class::BIG_BLOCK`) never grow.
 fn max_capacity(c: usize) -> usize {
+    if CLASSES[c].size as usize >= size_class::BIG_BLOCK {
+        return capacity(c);
+    }
     capacity(c).max((GROWN_STACK_FACTOR * budget() / CLASSES[c].size as usize).min(GROWN_MAX))
 }
 const GROWN_MAX: usize = 1024;
