@@ -216,7 +216,7 @@ impl Drop for HeapGuard {
             }
             for &c in &chunks[..m] {
                 // Unlinked: no other thread reaches this chunk.
-                stats::add_purged_pages(chunk_ref(c).purge(true));
+                stats::add_purged_pages(chunk_ref(c).purge_released());
             }
             h = HEAP.lock();
             h.finish_releases(m);
@@ -555,7 +555,7 @@ impl PageHeap {
             self.releasing[self.nreleasing] = c;
             self.nreleasing += 1;
         } else {
-            stats::add_purged_pages(chunk_ref(c).purge(true));
+            stats::add_purged_pages(chunk_ref(c).purge_released());
             self.pool_or_unmap(c);
         }
     }
@@ -752,7 +752,7 @@ pub fn fork_child() {
         let m = h.nreleasing;
         for i in 0..m {
             let c = h.releasing[i];
-            stats::add_purged_pages(chunk_ref(c).purge(true));
+            stats::add_purged_pages(chunk_ref(c).purge_released());
         }
         h.finish_releases(m);
         h.return_claims(false);

@@ -313,6 +313,25 @@ impl Chunk {
         dirty
     }
 
+    /// `purge(true)` for a chunk that left the heap (empty and unlinked: it holds no span,
+    /// and no thread can make one in it before it is taken again under the page heap's lock),
+    /// which also purges the header pages that hold nothing but span descriptors. A
+    /// descriptor is written whole when its span is made (`make_small`, `make_large`), so
+    /// they may read zero meanwhile; the first header page (page infos, links, page bitmaps)
+    /// stays. Each pooled chunk kept 40 KiB of descriptors resident: a program that freed
+    /// 200 MiB of small blocks kept 4 of them, 160 KiB, for as long as it ran.
+    /// Returns the number of pages purged (usable pages only).
+    pub fn purge_released(&mut self) -> usize {
+        let n = self.purge(true);
+        let spans = self.spans.as_ptr() as usize;
+        let first = spans.next_multiple_of(crate::os::OS_PAGE);
+        let end = self.page_addr(HEADER_PAGES);
+        if first < end {
+            crate::os::purge(first as *mut u8, end - first);
+        }
+        n
+    }
+
     /// Purges the pages dirty since before the current epoch (all of them if `all`), and
     /// starts a new epoch. Returns the number of pages purged.
     pub fn purge(&mut self, all: bool) -> usize {
