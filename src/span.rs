@@ -315,9 +315,10 @@ impl Chunk {
 
     /// `purge(true)` for a chunk that left the heap (empty and unlinked: it holds no span,
     /// and no thread can make one in it before it is taken again under the page heap's lock),
-    /// which also purges the header pages that hold nothing but span descriptors. A
-    /// descriptor is written whole when its span is made (`make_small`, `make_large`), so
-    /// they may read zero meanwhile; the first header page (page infos, links, page bitmaps)
+    /// which also purges the header pages that hold nothing but span descriptors. Making a
+    /// span writes every field its readers use (`make_small` all of them, `make_large` the
+    /// kind, length and list flag, all that large objects' paths read), so the descriptors
+    /// may read zero meanwhile; the first header page (page infos, links, page bitmaps)
     /// stays. Each pooled chunk kept 40 KiB of descriptors resident: a program that freed
     /// 200 MiB of small blocks kept 4 of them, 160 KiB, for as long as it ran.
     /// Returns the number of pages purged (usable pages only).
